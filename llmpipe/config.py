@@ -1,0 +1,337 @@
+"""Typed recipe configuration: YAML recipes, dotted `key=value` overrides, validation up front.
+
+A recipe is one YAML file with a few top-level keys (seed, model, device, precision) and one section
+per stage. Every key has a default that works, so an empty recipe trains the `tiny` model on the
+embedded `data/`. Values are coerced to the declared type and checked before any heavy import, so a
+typo costs a second, not a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmpipe.errors import UserError
+
+STAGES = ("tokenizer", "pretrain", "sft", "align")
+ALIGN_METHODS = ("dpo",)
+# Loss types of TRL's DPOTrainer that need no extra inputs (TRL 1.x `DPOConfig.loss_type`).
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
+    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
+)
+PRECISIONS = ("auto", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DATA = "data"
+
+
+@dataclass
+class TokenizerConfig:
+    """Byte-level BPE trained on the pretraining text."""
+
+    train_files: list[str] = field(default_factory=lambda: [f"{DATA}/pretrain.train.jsonl"])
+    validation_files: list[str] = field(default_factory=lambda: [f"{DATA}/pretrain.validation.jsonl"])
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    # Tokenizer training needs a sample, not the whole corpus: cap the bytes read.
+    max_train_bytes: int = 100_000_000
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings every training stage shares."""
+
+    train_files: list[str] = field(default_factory=list)
+    validation_files: list[str] = field(default_factory=list)
+    # Share of training rows held out when no validation file is given (deterministic by row hash).
+    validation_fraction: float = 0.05
+    max_steps: int = 100
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 256
+    eval_every: int = 50
+    eval_batches: int = 20
+    save_every: int = 100
+    log_every: int = 10
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Next-token prediction on packed text blocks, from random initialisation."""
+
+    train_files: list[str] = field(default_factory=lambda: [f"{DATA}/pretrain.train.jsonl"])
+    validation_files: list[str] = field(default_factory=lambda: [f"{DATA}/pretrain.validation.jsonl"])
+    max_steps: int = 200
+    learning_rate: float = 2e-3
+    warmup_steps: int = 20
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Chat tuning with loss on assistant tokens only."""
+
+    train_files: list[str] = field(default_factory=lambda: [f"{DATA}/sft.train.jsonl"])
+    validation_files: list[str] = field(default_factory=lambda: [f"{DATA}/sft.validation.jsonl"])
+    max_steps: int = 100
+    learning_rate: float = 5e-4
+    packing: bool = True
+    # Held-out rows with an `answer` field scored by greedy generation, before and after.
+    accuracy_rows: int = 100
+    max_new_tokens: int = 24
+
+
+@dataclass
+class AlignConfig(TrainConfig):
+    """Preference tuning of the SFT model (DPO, frozen SFT model as reference)."""
+
+    method: str = "dpo"
+    train_files: list[str] = field(default_factory=lambda: [f"{DATA}/prefs.train.jsonl"])
+    validation_files: list[str] = field(default_factory=lambda: [f"{DATA}/prefs.validation.jsonl"])
+    max_steps: int = 60
+    batch_size: int = 8
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    eval_every: int = 30
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    # Held-out pairs scored by "does the model give the chosen reply the higher log-likelihood".
+    preference_rows: int = 200
+
+
+@dataclass
+class Recipe:
+    """A whole pipeline: shared settings plus one section per stage."""
+
+    name: str = "tiny"
+    seed: int = 0
+    model: str = "tiny"
+    device: str = "auto"
+    precision: str = "auto"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    # Where the recipe came from, for error messages; not a setting.
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def stage_config(self, stage: str) -> dict[str, Any]:
+        """The settings that define a stage's result: its section plus the shared keys it uses.
+
+        Two runs of a stage with equal stage_config produce the same checkpoint, so this is what a
+        finished stage is compared against before it is skipped or refused.
+        """
+        shared: dict[str, Any] = {}
+        if stage != "tokenizer":  # tokenizer training depends on its data and sizes alone
+            shared = {"seed": self.seed, "precision": self.precision}
+        if stage == "pretrain":
+            shared["model"] = self.model
+        return {**shared, stage: dataclasses.asdict(getattr(self, stage))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overriding and checking
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str | None = None) -> Recipe:
+    """Read a YAML recipe (or the defaults when `path` is None), apply `key=value` overrides, validate.
+
+    In a stage command, a bare key (`max_steps=10`) means that stage's key (`pretrain.max_steps`);
+    dotted keys (`sft.learning_rate=1e-4`) and top-level keys (`seed=1`) work everywhere.
+    """
+    source = "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise UserError("recipe file not found", file=source, hint="give the path of a YAML recipe, e.g. recipes/tiny.yaml")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"invalid YAML: {problem}", file=source, line=line, hint="fix the YAML syntax") from None
+        except UnicodeDecodeError:
+            raise UserError("recipe is not UTF-8 text", file=source) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError("a recipe must be a YAML mapping of keys to values", file=source)
+        raw = loaded
+    for item in overrides:
+        key, value = _parse_override(item, stage)
+        _set_dotted(raw, key, value)
+    recipe = _build(Recipe, raw, prefix="", source=source)
+    recipe.source = source
+    validate(recipe)
+    return recipe
+
+
+def _parse_override(item: str, stage: str | None) -> tuple[str, Any]:
+    if "=" not in item:
+        raise UserError(f"override '{item}' is not key=value", hint="write it like pretrain.max_steps=10")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    top_level = {f.name for f in dataclasses.fields(Recipe)}
+    if stage and "." not in key and key not in top_level:
+        key = f"{stage}.{key}"
+    # YAML syntax for the value: numbers, booleans and [lists] work as in a recipe file.
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key of a recipe, for suggestions and documentation."""
+    hints = typing.get_type_hints(Recipe)
+    keys = []
+    for f in dataclasses.fields(Recipe):
+        if f.metadata.get("internal"):
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(hints[f.name])]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def _unknown_key(key: str, source: str) -> UserError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+    if not close:  # a bare key of the wrong section: match on the last part
+        tail = key.split(".")[-1]
+        close = [k for k in all_keys() if k.split(".")[-1] == tail][:1]
+    hint = f"did you mean '{close[0]}'?" if close else "run 'llmpipe keys' to list the valid keys"
+    return UserError("unknown key", file=source, field=key, hint=hint)
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise _unknown_key(dotted, source)
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise UserError("must be a section of keys", file=source, field=dotted)
+            kwargs[key] = _build(kind, value, prefix=f"{dotted}.", source=source)
+        else:
+            kwargs[key] = _coerce(value, kind, dotted, source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: Any, dotted: str, source: str) -> Any:
+    def bad(expected: str) -> UserError:
+        return UserError(f"expected {expected}, got {value!r}", file=source, field=dotted)
+
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad("true or false")
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                raise bad("an integer") from None
+            if number.is_integer():
+                return int(number)
+        raise bad("an integer")
+    if kind is float:
+        if isinstance(value, bool):
+            raise bad("a number")
+        try:
+            # PyYAML reads `1e-3` (no dot) as a string; float() takes it.
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string")
+    if typing.get_origin(kind) is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of paths")
+        return value
+    raise bad(str(kind))  # pragma: no cover - every declared type is handled above
+
+
+def validate(recipe: Recipe) -> None:
+    """Check ranges and choices of every setting; raise a UserError naming the first bad key."""
+    src = recipe.source
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise UserError(what, file=src, field=key)
+
+    from llmpipe.models import PRESETS  # light module: plain dicts, no torch
+
+    need(recipe.model in PRESETS, "model", f"unknown model preset; choose one of {', '.join(PRESETS)}")
+    need(recipe.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+    need(recipe.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+    need(recipe.seed >= 0, "seed", "must be >= 0")
+    tok = recipe.tokenizer
+    need(260 <= tok.vocab_size <= 1_000_000, "tokenizer.vocab_size", "must be between 260 and 1000000 (256 bytes + special tokens)")
+    need(tok.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1")
+    need(tok.max_train_bytes > 0, "tokenizer.max_train_bytes", "must be > 0")
+    need(bool(tok.train_files), "tokenizer.train_files", "needs at least one file")
+    for stage in ("pretrain", "sft", "align"):
+        cfg: TrainConfig = getattr(recipe, stage)
+        need(bool(cfg.train_files), f"{stage}.train_files", "needs at least one file")
+        for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "eval_batches"):
+            need(getattr(cfg, key) >= 1, f"{stage}.{key}", "must be >= 1")
+        need(cfg.max_length >= 8, f"{stage}.max_length", "must be >= 8")
+        need(0 < cfg.learning_rate < 1, f"{stage}.learning_rate", "must be in (0, 1)")
+        need(0 <= cfg.min_lr_ratio <= 1, f"{stage}.min_lr_ratio", "must be in [0, 1]")
+        need(0 <= cfg.warmup_steps <= cfg.max_steps, f"{stage}.warmup_steps", "must be in [0, max_steps]")
+        need(cfg.weight_decay >= 0, f"{stage}.weight_decay", "must be >= 0")
+        need(cfg.max_grad_norm > 0, f"{stage}.max_grad_norm", "must be > 0")
+        need(0 < cfg.validation_fraction < 1, f"{stage}.validation_fraction", "must be in (0, 1)")
+    need(recipe.sft.accuracy_rows >= 0, "sft.accuracy_rows", "must be >= 0")
+    need(recipe.sft.max_new_tokens >= 1, "sft.max_new_tokens", "must be >= 1")
+    al = recipe.align
+    need(al.method in ALIGN_METHODS, "align.method", f"must be one of {', '.join(ALIGN_METHODS)}")
+    need(al.beta > 0, "align.beta", "must be > 0")
+    need(al.loss_type in DPO_LOSS_TYPES, "align.loss_type", f"must be one of {', '.join(DPO_LOSS_TYPES)}")
+    need(al.preference_rows >= 0, "align.preference_rows", "must be >= 0")

@@ -1,0 +1,189 @@
+"""Row formats of each stage (TRL's conventions), converters from common foreign shapes, checks.
+
+- text:       {"text": "..."}
+- chat:       {"messages": [{"role": "user"|"assistant"|"system", "content": "..."}], ...extra fields}
+- preference: {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+
+Foreign shapes converted on the fly: alpaca (instruction/input/output), sharegpt (conversations with
+from/value), prompt/completion, hh-rlhf transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."), and
+preferences with an implicit prompt (chosen/rejected as whole conversations sharing a prefix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmpipe.data.io import SourceRow, file_record, read_rows
+from llmpipe.errors import UserError
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def _err(row: SourceRow, field_name: str | None, what: str, hint: str | None = None) -> UserError:
+    return UserError(what, file=row.file, line=row.line, field=field_name, hint=hint)
+
+
+def to_text(row: SourceRow) -> dict[str, Any]:
+    """A pretraining row: {"text"} as is; chat rows are not text (say so)."""
+    data = row.data
+    if "text" in data:
+        if not isinstance(data["text"], str):
+            raise _err(row, "text", f"must be a string, got {type(data['text']).__name__}")
+        if not data["text"].strip():
+            raise _err(row, "text", "is empty")
+        return {"text": data["text"]}
+    raise _err(row, "text", f"missing (row has {_keys(data)})", hint="pretraining rows look like {\"text\": \"...\"}")
+
+
+def to_chat(row: SourceRow) -> dict[str, Any]:
+    """A chat row in `messages` form, converting alpaca, sharegpt and prompt/completion rows."""
+    data = dict(row.data)
+    if "messages" in data:
+        messages = data.pop("messages")
+    elif "conversations" in data:  # sharegpt
+        turns = data.pop("conversations")
+        if not isinstance(turns, list):
+            raise _err(row, "conversations", "must be a list of {from, value} turns")
+        messages = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+                raise _err(row, f"conversations[{i}]", "must be an object with 'from' and 'value'")
+            role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+            if role is None:
+                raise _err(row, f"conversations[{i}].from", f"unknown speaker {turn['from']!r}", hint=f"use one of {', '.join(SHAREGPT_ROLES)}")
+            messages.append({"role": role, "content": turn["value"]})
+    elif "instruction" in data and "output" in data:  # alpaca
+        user = str(data.pop("instruction")).strip()
+        extra = str(data.pop("input", "") or "").strip()
+        if extra:
+            user += "\n\n" + extra
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": str(data.pop("output"))}]
+    elif "prompt" in data and "completion" in data and isinstance(data["prompt"], str):
+        messages = [{"role": "user", "content": data.pop("prompt")}, {"role": "assistant", "content": data.pop("completion")}]
+    else:
+        raise _err(row, "messages", f"missing (row has {_keys(row.data)})",
+                   hint='chat rows look like {"messages": [{"role": "user", "content": "..."}, ...]}')
+    check_messages(row, "messages", messages, need_assistant=True)
+    return {"messages": messages, **{k: v for k, v in data.items() if k in ("answer",)}}
+
+
+def check_messages(row: SourceRow, name: str, messages: Any, need_assistant: bool) -> None:
+    """Raise a located error unless `messages` is a non-empty list of valid role/content turns."""
+    if not isinstance(messages, list) or not messages:
+        raise _err(row, name, "must be a non-empty list of messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise _err(row, f"{name}[{i}]", "must be an object with 'role' and 'content'")
+        if m.get("role") not in ROLES:
+            raise _err(row, f"{name}[{i}].role", f"is {m.get('role')!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise _err(row, f"{name}[{i}].content", "must be a string")
+        if m["role"] == "assistant" and not m["content"].strip():
+            raise _err(row, f"{name}[{i}].content", "assistant turn is empty")
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise _err(row, name, "has no assistant turn, so there is nothing to learn")
+
+
+def _parse_hh(row: SourceRow, name: str, text: str) -> list[dict[str, str]]:
+    parts = HH_TURN.split("\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    if not messages:
+        raise _err(row, name, "is not an hh-rlhf transcript ('\\n\\nHuman: ... \\n\\nAssistant: ...')")
+    return messages
+
+
+def to_preference(row: SourceRow) -> dict[str, Any]:
+    """A preference row with an explicit prompt, converting hh transcripts and implicit prompts."""
+    data = row.data
+    for key in ("chosen", "rejected"):
+        if key not in data:
+            raise _err(row, key, f"missing (row has {_keys(data)})",
+                       hint='preference rows look like {"prompt": [...], "chosen": [...], "rejected": [...]}')
+    chosen, rejected, prompt = data["chosen"], data["rejected"], data.get("prompt")
+    if isinstance(chosen, str) and isinstance(rejected, str) and prompt is None:
+        chosen, rejected = _parse_hh(row, "chosen", chosen), _parse_hh(row, "rejected", rejected)
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if isinstance(chosen, str):
+        chosen = [{"role": "assistant", "content": chosen}]
+    if isinstance(rejected, str):
+        rejected = [{"role": "assistant", "content": rejected}]
+    if prompt is None:  # implicit prompt: the shared prefix of both conversations
+        if not isinstance(chosen, list) or not isinstance(rejected, list):
+            raise _err(row, "chosen", "must be a list of messages or a string")
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    check_messages(row, "prompt", prompt, need_assistant=False)
+    if prompt[-1]["role"] != "user":
+        raise _err(row, "prompt", "must end with a user turn")
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        check_messages(row, key, value, need_assistant=True)
+        if any(m["role"] != "assistant" for m in value):
+            raise _err(row, key, "must hold assistant turns only (the prompt holds the rest)")
+    if chosen == rejected:
+        raise _err(row, "rejected", "is identical to chosen, so the pair teaches nothing")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+CONVERTERS = {"text": to_text, "chat": to_chat, "preference": to_preference}
+
+
+def _keys(data: dict[str, Any]) -> str:
+    return ", ".join(sorted(data)) or "no fields"
+
+
+@dataclass
+class StageData:
+    """Converted, checked rows of one stage, split into train and validation, plus provenance."""
+
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_stage_data(kind: str, train_files: list[str], validation_files: list[str], validation_fraction: float) -> StageData:
+    """Load, convert and check every row; split off validation rows when no validation file is given.
+
+    The split is by a hash of the row's content, so it is the same on every run and machine.
+    """
+    convert = CONVERTERS[kind]
+    sources = []
+
+    def load(specs: list[str], role: str) -> list[dict[str, Any]]:
+        rows = []
+        for spec in specs:
+            before = len(rows)
+            rows += [convert(row) for row in read_rows(spec)]
+            sources.append({**file_record(spec), "split": role, "rows": len(rows) - before})
+            if len(rows) == before:
+                raise UserError("holds no rows", file=spec)
+        return rows
+
+    train = load(train_files, "train")
+    if validation_files:
+        validation = load(validation_files, "validation")
+    else:
+        validation, kept = [], []
+        for row in train:
+            bucket = int(hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+            (validation if bucket < validation_fraction else kept).append(row)
+        if not validation or not kept:
+            raise UserError(
+                f"too few rows ({len(train)}) to hold out a validation split",
+                file=train_files[0],
+                hint="give validation_files, or more data",
+            )
+        train = kept
+        sources.append({"source": "hash split of train", "split": "validation", "rows": len(validation)})
+    return StageData(train=train, validation=validation, sources=sources)

@@ -1,0 +1,1 @@
+"""Held-out quality measures of a checkpoint."""

@@ -1,0 +1,54 @@
+"""Model size presets and their transformers configs (GPT-2 family), plus parameter/FLOP counts.
+
+Presets are plain dicts so that validating a recipe never imports torch; `build_config` turns a
+preset into a `GPT2Config` sized to the trained tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Dropout is 0 everywhere: at these sizes and token budgets it only slows CPU training (15-30%).
+PRESETS: dict[str, dict[str, int]] = {
+    # 2 layers x 64 wide: a whole chain trains in seconds; for tests.
+    "micro": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256},
+    # ~5.8M parameters with a 4096 vocabulary: learns the embedded data in minutes on 2 CPU cores.
+    "tiny": {"n_layer": 6, "n_embd": 256, "n_head": 8, "n_positions": 256},
+    # A few times larger, for a laptop with time to spare or a small GPU.
+    "small": {"n_layer": 8, "n_embd": 512, "n_head": 8, "n_positions": 512},
+    # GPT-2 small's shape (124M with GPT-2's 50257 vocabulary); for one GPU.
+    "gpt2-124m": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},
+}
+
+
+def build_config(preset: str, tokenizer: Any) -> Any:
+    """A GPT2Config for `preset` whose vocabulary and special-token ids are the tokenizer's."""
+    from transformers import GPT2Config
+
+    shape = PRESETS[preset]
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=shape["n_positions"],
+        n_embd=shape["n_embd"],
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        # GPT2Config's defaults point at GPT-2's own 50256; ours come from the trained tokenizer.
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def count_parameters(model: Any) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(model: Any, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per non-embedding parameter plus attention (Kaplan et al. 2020)."""
+    cfg = model.config
+    n_params = count_parameters(model) - cfg.n_positions * cfg.n_embd
+    return 6.0 * n_params + 12.0 * cfg.n_layer * cfg.n_embd * seq_len

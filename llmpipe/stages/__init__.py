@@ -1,0 +1,1 @@
+"""One module per training stage, each with a single public `run` entry."""

@@ -1,0 +1,84 @@
+"""Align stage: preference tuning of the SFT model. `dpo`: TRL's DPOTrainer, frozen SFT as reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmpipe.config import Recipe
+from llmpipe.console import say
+
+
+def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
+    """Align the parent SFT checkpoint on the recipe's preference data; returns the stage folder."""
+    from llmpipe.runs import StageWriter, resolve_parent
+
+    stage = recipe.align.method  # the stage folder is named after the method: runs/<run>/dpo
+    parent_dir = resolve_parent(stage, run_dir, parent)
+    writer = StageWriter(run_dir, stage, recipe.stage_config("align"), parent=parent_dir, restart=restart)
+    if writer.skip:
+        say(f"{stage}: complete in {writer.final_dir}, skipping")
+        return writer.final_dir
+    with writer:
+        return _train_dpo(recipe, writer, parent_dir)
+
+
+def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    from llmpipe.data.formats import load_stage_data
+    from llmpipe.eval.metrics import preference_accuracy
+    from llmpipe.stages.sft import load_chat_tokenizer
+    from llmpipe.train.common import fit, last_eval, limit_rows, attach_progress, set_generation_stops, summary, training_arguments
+
+    cfg = recipe.align
+    tokenizer = load_chat_tokenizer(parent_dir)
+    data = load_stage_data("preference", cfg.train_files, cfg.validation_files, cfg.validation_fraction)
+    writer.manifest["data"] = data.sources
+    policy = AutoModelForCausalLM.from_pretrained(parent_dir)
+    # An explicit reference copy: with ref_model=None TRL re-loads the policy by name, which fails for
+    # a model that was built from a config (no hub id).
+    reference = AutoModelForCausalLM.from_pretrained(parent_dir)
+    set_generation_stops(policy, tokenizer)
+
+    args = training_arguments(
+        DPOConfig, cfg, recipe, writer,
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        max_length=cfg.max_length,
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=Dataset.from_list(data.train),
+        eval_dataset=Dataset.from_list(limit_rows(data.validation, cfg)),
+        processing_class=tokenizer,
+    )
+    progress = attach_progress(trainer, "dpo", cfg.max_steps)
+    scored = data.validation[: cfg.preference_rows]
+    before = preference_accuracy(trainer.model, tokenizer, scored) if writer.resume_from is None else {}
+    result = fit(trainer, writer, tokenizer, progress)
+    final_eval = last_eval(trainer, progress)
+    after = preference_accuracy(trainer.model, tokenizer, scored)
+
+    writer.manifest["metrics"] = {
+        "validation_loss": final_eval.get("eval_loss"),
+        "reward_accuracy": final_eval.get("eval_rewards/accuracies"),
+        "reward_margin": final_eval.get("eval_rewards/margins"),
+        "preference_accuracy_before": before.get("accuracy"),
+        "preference_accuracy": after["accuracy"],
+        "logp_margin_before": before.get("mean_margin"),
+        "logp_margin": after["mean_margin"],
+        "preference_rows": after["rows"],
+    }
+    writer.manifest["evals"] = result.history
+    say(
+        f"dpo: held-out preference accuracy {before.get('accuracy')} -> {after['accuracy']:.3f}; "
+        f"reward accuracy {final_eval.get('eval_rewards/accuracies')}, margin {final_eval.get('eval_rewards/margins')}"
+    )
+    metric = {"name": "held-out preference accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
+    return writer.finish(summary(result, final_eval.get("eval_loss"), metric))

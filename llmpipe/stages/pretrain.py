@@ -1,0 +1,124 @@
+"""Pretrain stage: next-token prediction on packed text blocks, from random initialisation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from llmpipe.config import Recipe
+from llmpipe.console import say
+from llmpipe.errors import UserError
+
+
+def pack_blocks(tokenizer: Any, texts: list[str], block_size: int) -> tuple[Any, int]:
+    """Tokenize documents as <bos> text <eos>, concatenate, and cut into full blocks.
+
+    Returns (LongTensor [n_blocks, block_size], number of tokens before cutting). The tail shorter
+    than a block is dropped.
+    """
+    import torch
+
+    ids: list[int] = []
+    for start in range(0, len(texts), 256):
+        for doc in tokenizer(texts[start : start + 256], add_special_tokens=False)["input_ids"]:
+            ids.append(tokenizer.bos_token_id)
+            ids.extend(doc)
+            ids.append(tokenizer.eos_token_id)
+    n_blocks = len(ids) // block_size
+    return torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size), len(ids)
+
+
+class BlockDataset:
+    """Fixed-length token blocks as causal-LM examples (labels are the inputs; the model shifts)."""
+
+    def __init__(self, blocks: Any) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        block = self.blocks[index]
+        return {"input_ids": block, "labels": block}
+
+
+def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
+    """Pretrain the recipe's model preset on its text; returns the finished stage folder."""
+    from llmpipe.data.formats import load_stage_data
+    from llmpipe.runs import StageWriter, resolve_parent
+
+    cfg = recipe.pretrain
+    parent_dir = resolve_parent("pretrain", run_dir, parent)
+    writer = StageWriter(run_dir, "pretrain", recipe.stage_config("pretrain"), parent=parent_dir, restart=restart)
+    if writer.skip:
+        say(f"pretrain: complete in {writer.final_dir}, skipping")
+        return writer.final_dir
+    with writer:
+        return _train(recipe, writer, parent_dir, load_stage_data)
+
+
+def _train(recipe: Recipe, writer: Any, parent_dir: Path, load_stage_data: Any) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    from llmpipe.models import build_config, count_parameters, flops_per_token
+    from llmpipe.train.common import fit, attach_progress, last_eval, summary, training_arguments
+
+    cfg = recipe.pretrain
+    tokenizer = AutoTokenizer.from_pretrained(parent_dir)
+    data = load_stage_data("text", cfg.train_files, cfg.validation_files, cfg.validation_fraction)
+    writer.manifest["data"] = data.sources
+
+    set_seed(recipe.seed)
+    model_config = build_config(recipe.model, tokenizer)
+    if cfg.max_length > model_config.n_positions:
+        raise UserError(
+            f"is {cfg.max_length} but the '{recipe.model}' preset has a context of {model_config.n_positions}",
+            file=recipe.source, field="pretrain.max_length", hint=f"set pretrain.max_length <= {model_config.n_positions}",
+        )
+    train_blocks, _ = pack_blocks(tokenizer, [r["text"] for r in data.train], cfg.max_length)
+    val_texts = [r["text"] for r in data.validation]
+    val_blocks, val_tokens = pack_blocks(tokenizer, val_texts, cfg.max_length)
+    for name, blocks in (("train", train_blocks), ("validation", val_blocks)):
+        if len(blocks) == 0:
+            raise UserError(
+                f"{name} text is shorter than one block of {cfg.max_length} tokens",
+                field="pretrain.max_length", hint="give more text or lower pretrain.max_length",
+            )
+    val_blocks = val_blocks[: cfg.eval_batches * cfg.batch_size]
+    # Bits per byte makes validation loss comparable across tokenizers: nats/token × tokens/byte / ln 2.
+    tokens_per_byte = val_tokens / sum(len(t.encode("utf-8")) for t in val_texts)
+
+    model = AutoModelForCausalLM.from_config(model_config)
+    n_params = count_parameters(model)
+    say(f"pretrain: {recipe.model} preset, {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks "
+        f"of {cfg.max_length} tokens, {len(val_blocks)} validation blocks")
+
+    args = training_arguments(TrainingArguments, cfg, recipe, writer, include_num_input_tokens_seen="all")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=BlockDataset(train_blocks),
+        eval_dataset=BlockDataset(val_blocks),
+        processing_class=tokenizer,
+    )
+    progress = attach_progress(trainer, "pretrain", cfg.max_steps, bits_per_byte_factor=tokens_per_byte / math.log(2))
+    before = trainer.evaluate()["eval_loss"] if writer.resume_from is None else None
+    result = fit(trainer, writer, tokenizer, progress)
+    after = last_eval(trainer, progress)["eval_loss"]
+
+    def bpb(loss: float | None) -> float | None:
+        return None if loss is None else round(loss * tokens_per_byte / math.log(2), 4)
+
+    writer.manifest["metrics"] = {
+        "parameters": n_params,
+        "validation_loss_before": before,
+        "validation_loss": after,
+        "validation_bpb_before": bpb(before),
+        "validation_bpb": bpb(after),
+        "flops_per_token": flops_per_token(model, cfg.max_length),
+    }
+    writer.manifest["evals"] = result.history
+    metric = {"name": "held-out bits/byte", "before": bpb(before), "after": bpb(after)}
+    say(f"pretrain: validation loss {after:.4f}, {bpb(after)} bits/byte")
+    return writer.finish(summary(result, after, metric))

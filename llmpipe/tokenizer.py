@@ -1,0 +1,114 @@
+"""Tokenizer stage: train a byte-level BPE on the pretraining text and save it as an HF fast tokenizer.
+
+The tokenizer carries the chat template every later stage uses. Assistant turns are wrapped in
+`{% generation %}` ... `{% endgeneration %}` (with the end-of-turn token inside) so that TRL's
+assistant-only loss can find them and the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from llmpipe.config import Recipe
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+END_OF_TURN = "<|end|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+SPECIAL_TOKENS = (BOS, EOS, PAD, END_OF_TURN, *ROLE_TOKENS)
+
+# One line per turn header, the content, then the end-of-turn token. The assistant's content and its
+# end-of-turn token are the only tokens that carry loss in SFT.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] }}{{ '<|end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> Any:
+    """Train byte-level BPE on `texts` and wrap it as a transformers fast tokenizer with our template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        # Every byte is in the vocabulary, so any text encodes, even characters never seen in training.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[END_OF_TURN, *ROLE_TOKENS],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def bytes_per_token(tokenizer: Any, texts: list[str]) -> float:
+    """UTF-8 bytes per token over `texts`: the tokenizer's compression on that text."""
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    n_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return n_bytes / max(n_tokens, 1)
+
+
+def _sample(texts: list[str], max_bytes: int) -> list[str]:
+    kept, total = [], 0
+    for text in texts:
+        kept.append(text)
+        total += len(text.encode("utf-8"))
+        if total >= max_bytes:
+            break
+    return kept
+
+
+def run(recipe: Recipe, run_dir: Path, restart: bool = False) -> Path:
+    """Train the run's tokenizer; returns its stage folder (skips when already complete)."""
+    from llmpipe.data.formats import load_stage_data
+    from llmpipe.runs import StageWriter
+    from llmpipe.console import is_main_process, say
+
+    cfg = recipe.tokenizer
+    writer = StageWriter(run_dir, "tokenizer", recipe.stage_config("tokenizer"), restart=restart)
+    if writer.skip:
+        say(f"tokenizer: complete in {writer.final_dir}, skipping")
+        return writer.final_dir
+    with writer:
+        data = load_stage_data("text", cfg.train_files, cfg.validation_files, validation_fraction=0.05)
+        writer.manifest["data"] = data.sources
+        started = time.time()
+        texts = _sample([r["text"] for r in data.train], cfg.max_train_bytes)
+        tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency)
+        held_out = [r["text"] for r in data.validation]
+        bpt = bytes_per_token(tokenizer, held_out)
+        wall = time.time() - started
+        if is_main_process():
+            tokenizer.save_pretrained(writer.work_dir)
+        n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+        summary = {
+            "steps": None,
+            "tokens": None,
+            "wall_seconds": round(wall, 2),
+            "vocab_size": len(tokenizer),
+            "train_bytes": n_bytes,
+            "metric": {"name": "held-out bytes/token", "before": 1.0, "after": round(bpt, 3)},
+        }
+        writer.manifest["metrics"] = {"validation_bytes_per_token": bpt, "vocab_size": len(tokenizer)}
+        say(f"tokenizer: vocab {len(tokenizer)}, {bpt:.2f} bytes/token on held-out text ({wall:.1f}s)")
+        return writer.finish(summary)

@@ -1,0 +1,1 @@
+"""Training plumbing shared by every stage: trainer arguments, device/precision, progress."""

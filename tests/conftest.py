@@ -1,0 +1,49 @@
+"""Shared fixtures: one micro-preset chain trained once per test session through the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO = str(ROOT / "recipes" / "micro.yaml")
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    # Recipes name data/ relative to the repository root, as the README's commands run from there.
+    monkeypatch.chdir(ROOT)
+
+
+def invoke(*args: str):
+    """Run the llmpipe CLI in-process; returns Click's Result (exit_code, stdout, stderr, output)."""
+    from typer.testing import CliRunner
+
+    from llmpipe.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """A complete tokenizer → pretrain → sft → dpo run of the micro recipe (read-only for tests)."""
+    run_dir = tmp_path_factory.mktemp("micro") / "run"
+    os.chdir(ROOT)
+    result = invoke("run", MICRO, "--out", str(run_dir))
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+@pytest.fixture
+def micro_copy(micro_run, tmp_path) -> Path:
+    """A private copy of the micro run that a test may change."""
+    target = tmp_path / "run"
+    shutil.copytree(micro_run, target)
+    return target

@@ -1,0 +1,95 @@
+"""Recipes, overrides and validation: typed, checked up front, with readable one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import MICRO, invoke
+
+from llmpipe.config import all_keys, load_recipe
+from llmpipe.errors import UserError
+
+
+def test_defaults_and_recipe_values():
+    defaults = load_recipe(None)
+    assert defaults.model == "tiny" and defaults.pretrain.train_files == ["data/pretrain.train.jsonl"]
+    micro = load_recipe(MICRO)
+    assert micro.model == "micro" and micro.pretrain.max_steps == 8 and micro.tokenizer.vocab_size == 512
+
+
+def test_overrides_are_typed_and_scoped_to_the_stage():
+    recipe = load_recipe(MICRO, ["max_steps=3", "learning_rate=1e-3", "sft.packing=false", "seed=7",
+                                 "train_files=a.jsonl,b.jsonl"], stage="pretrain")
+    assert recipe.pretrain.max_steps == 3
+    assert recipe.pretrain.learning_rate == 0.001 and isinstance(recipe.pretrain.learning_rate, float)
+    assert recipe.sft.packing is False and recipe.seed == 7
+    assert recipe.pretrain.train_files == ["a.jsonl", "b.jsonl"]
+    assert load_recipe(None, ["sft.train_files=[x.jsonl, y.jsonl]"]).sft.train_files == ["x.jsonl", "y.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["pretrain.max_step=3"], "\"pretrain.max_step\" unknown key — did you mean 'pretrain.max_steps'?"),
+        (["sft.learnin_rate=3"], "did you mean 'sft.learning_rate'?"),
+        (["pretrain.max_steps=many"], "\"pretrain.max_steps\" expected an integer, got 'many'"),
+        (["pretrain.max_steps=0"], "\"pretrain.max_steps\" must be >= 1"),
+        (["align.beta=-1"], "\"align.beta\" must be > 0"),
+        (["align.loss_type=magic"], "\"align.loss_type\" must be one of sigmoid"),
+        (["model=huge"], "\"model\" unknown model preset; choose one of micro, tiny"),
+        (["sft.packing=maybe"], "expected true or false"),
+        (["pretrain.warmup_steps=50"], "\"pretrain.warmup_steps\" must be in [0, max_steps]"),
+        (["nonsense"], "is not key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(UserError) as error:
+        load_recipe(MICRO, overrides)
+    assert message in error.value.one_line()
+
+
+def test_bad_recipe_files(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\npretrain:\n  max_steps: [1\n")
+    with pytest.raises(UserError) as error:
+        load_recipe(broken)
+    assert error.value.file == str(broken) and error.value.line == 4 and "invalid YAML" in error.value.what
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="must be a YAML mapping"):
+        load_recipe(listing)
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    section = tmp_path / "section.yaml"
+    section.write_text("pretrain: 5\n")
+    with pytest.raises(UserError, match="must be a section of keys"):
+        load_recipe(section)
+
+
+def test_cli_reports_config_errors_in_one_line_with_exit_2():
+    result = invoke("pretrain", MICRO, "max_step=3")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: {MICRO}: \"pretrain.max_step\" unknown key — did you mean 'pretrain.max_steps'?"
+    )
+    result = invoke("run", "recipes/nope.yaml")
+    assert result.exit_code == 2 and "recipes/nope.yaml: recipe file not found" in result.stderr
+
+
+def test_keys_command_lists_every_key_with_its_default():
+    result = invoke("keys")
+    assert result.exit_code == 0
+    assert "pretrain.max_steps = 200" in result.stdout and "align.beta = 0.1" in result.stdout
+    assert len(result.stdout.strip().splitlines()) == len(all_keys())
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from llmpipe.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['pretrain', '--help']); assert r.exit_code == 0; "
+            "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

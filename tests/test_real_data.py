@@ -1,0 +1,39 @@
+"""The same commands on real public data (../shared/data): alpaca for SFT, hh-rlhf for DPO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import MICRO, SHARED_DATA, invoke
+
+from llmpipe.runs import read_manifest
+
+pytestmark = pytest.mark.skipif(not (SHARED_DATA / "alpaca.train.jsonl").exists(), reason="../shared/data not present")
+
+
+def test_chain_on_shakespeare_alpaca_and_hh(tmp_path: Path):
+    d = SHARED_DATA
+    result = invoke(
+        "run", MICRO, "--out", str(tmp_path / "real"),
+        f"tokenizer.train_files={d}/tinyshakespeare.train.jsonl",
+        f"tokenizer.validation_files={d}/tinyshakespeare.validation.jsonl",
+        f"pretrain.train_files={d}/tinyshakespeare.train.jsonl",
+        f"pretrain.validation_files={d}/tinyshakespeare.validation.jsonl",
+        f"sft.train_files={d}/alpaca.train.jsonl",
+        f"sft.validation_files={d}/alpaca.validation.jsonl",
+        f"align.train_files={d}/hh_helpful_base.train.jsonl",
+        f"align.validation_files={d}/hh_helpful_base.validation.jsonl",
+        "align.max_length=128",
+    )
+    assert result.exit_code == 0, result.output
+    sft = read_manifest(tmp_path / "real" / "sft")
+    assert sft["data"][0]["rows"] == 3985 and sft["data"][1]["rows"] == 258
+    # Alpaca has no `answer` field, so SFT reports held-out loss before → after.
+    assert sft["summary"]["metric"]["name"] == "held-out loss"
+    assert sft["summary"]["metric"]["after"] < sft["summary"]["metric"]["before"]
+    dpo = read_manifest(tmp_path / "real" / "dpo")
+    assert dpo["data"][0]["rows"] == 1853
+    assert 0.0 <= dpo["metrics"]["preference_accuracy"] <= 1.0 and dpo["metrics"]["preference_rows"] == 16
+    assert dpo["metrics"]["reward_accuracy"] is not None
+    assert "held-out preference accuracy" in result.stdout
