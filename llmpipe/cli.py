@@ -136,8 +136,11 @@ def sft(args: RecipeArg = None, out: OutOpt = None, parent: FromOpt = None, rest
     _stage_command("sft", args, out, parent, restart, device, debug)
 
 
+MethodOpt = Annotated[str | None, typer.Option(help="Preference method: dpo (default: the recipe's).")]
+
+
 @app.command()
-def align(args: RecipeArg = None, method: Annotated[str | None, typer.Option(help="Preference method: dpo (default: the recipe's).")] = None,
+def align(args: RecipeArg = None, method: MethodOpt = None,
           out: OutOpt = None, parent: FromOpt = None, restart: RestartOpt = False, device: DeviceOpt = None,
           debug: DebugOpt = False) -> None:
     """Preference-tune the SFT model (DPO against the frozen SFT model)."""

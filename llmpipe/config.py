@@ -72,7 +72,7 @@ class PretrainConfig(TrainConfig):
 
     train_files: list[str] = field(default_factory=lambda: [f"{DATA}/pretrain.train.jsonl"])
     validation_files: list[str] = field(default_factory=lambda: [f"{DATA}/pretrain.validation.jsonl"])
-    max_steps: int = 200
+    max_steps: int = 300
     learning_rate: float = 2e-3
     warmup_steps: int = 20
 

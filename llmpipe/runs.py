@@ -333,7 +333,7 @@ class StageWriter:
         _barrier()
         return self.final_dir
 
-    def __enter__(self) -> "StageWriter":
+    def __enter__(self) -> StageWriter:
         return self
 
     def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
@@ -346,3 +346,18 @@ class StageWriter:
             return
         self.manifest.update(status="failed", error=f"{type(error).__name__}: {error}")
         self.save_manifest()
+
+
+def run_stage(stage: str, section: str, recipe: Any, run_dir: Path, parent: str | Path | None, restart: bool,
+              train: Any) -> Path:
+    """The frame every stage shares: find and check the parent, skip a stage already complete,
+    otherwise call `train(recipe, writer, parent_dir)` with failures recorded in the manifest."""
+    from llmpipe.console import say
+
+    parent_dir = resolve_parent(stage, run_dir, parent) if PARENTS[stage] else None
+    writer = StageWriter(run_dir, stage, recipe.stage_config(section), parent=parent_dir, restart=restart)
+    if writer.skip:
+        say(f"{stage}: complete in {writer.final_dir}, skipping")
+        return writer.final_dir
+    with writer:
+        return train(recipe, writer, parent_dir)

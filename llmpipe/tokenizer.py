@@ -80,35 +80,34 @@ def _sample(texts: list[str], max_bytes: int) -> list[str]:
 
 def run(recipe: Recipe, run_dir: Path, restart: bool = False) -> Path:
     """Train the run's tokenizer; returns its stage folder (skips when already complete)."""
-    from llmpipe.data.formats import load_stage_data
-    from llmpipe.runs import StageWriter
+    from llmpipe.runs import run_stage
+
+    return run_stage("tokenizer", "tokenizer", recipe, run_dir, None, restart, _train)
+
+
+def _train(recipe: Recipe, writer: Any, parent_dir: None) -> Path:
     from llmpipe.console import is_main_process, say
+    from llmpipe.data.formats import load_stage_data
 
     cfg = recipe.tokenizer
-    writer = StageWriter(run_dir, "tokenizer", recipe.stage_config("tokenizer"), restart=restart)
-    if writer.skip:
-        say(f"tokenizer: complete in {writer.final_dir}, skipping")
-        return writer.final_dir
-    with writer:
-        data = load_stage_data("text", cfg.train_files, cfg.validation_files, validation_fraction=0.05)
-        writer.manifest["data"] = data.sources
-        started = time.time()
-        texts = _sample([r["text"] for r in data.train], cfg.max_train_bytes)
-        tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency)
-        held_out = [r["text"] for r in data.validation]
-        bpt = bytes_per_token(tokenizer, held_out)
-        wall = time.time() - started
-        if is_main_process():
-            tokenizer.save_pretrained(writer.work_dir)
-        n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-        summary = {
-            "steps": None,
-            "tokens": None,
-            "wall_seconds": round(wall, 2),
-            "vocab_size": len(tokenizer),
-            "train_bytes": n_bytes,
-            "metric": {"name": "held-out bytes/token", "before": 1.0, "after": round(bpt, 3)},
-        }
-        writer.manifest["metrics"] = {"validation_bytes_per_token": bpt, "vocab_size": len(tokenizer)}
-        say(f"tokenizer: vocab {len(tokenizer)}, {bpt:.2f} bytes/token on held-out text ({wall:.1f}s)")
-        return writer.finish(summary)
+    data = load_stage_data("text", cfg.train_files, cfg.validation_files, validation_fraction=0.05)
+    writer.manifest["data"] = data.sources
+    started = time.time()
+    texts = _sample([r["text"] for r in data.train], cfg.max_train_bytes)
+    tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency)
+    bpt = bytes_per_token(tokenizer, [r["text"] for r in data.validation])
+    wall = time.time() - started
+    if is_main_process():
+        tokenizer.save_pretrained(writer.work_dir)
+    summary = {
+        "steps": None,
+        "tokens": None,
+        "wall_seconds": round(wall, 2),
+        "vocab_size": len(tokenizer),
+        "train_bytes": sum(len(t.encode("utf-8")) for t in texts),
+        # Byte-level BPE starts from single bytes: 1 byte per token is the "before".
+        "metric": {"name": "held-out bytes/token", "before": 1.0, "after": round(bpt, 3)},
+    }
+    writer.manifest["metrics"] = {"validation_bytes_per_token": bpt, "vocab_size": len(tokenizer)}
+    say(f"tokenizer: vocab {len(tokenizer)}, {bpt:.2f} bytes/token on held-out text ({wall:.1f}s)")
+    return writer.finish(summary)

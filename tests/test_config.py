@@ -78,7 +78,7 @@ def test_cli_reports_config_errors_in_one_line_with_exit_2():
 def test_keys_command_lists_every_key_with_its_default():
     result = invoke("keys")
     assert result.exit_code == 0
-    assert "pretrain.max_steps = 200" in result.stdout and "align.beta = 0.1" in result.stdout
+    assert "pretrain.max_steps = 300" in result.stdout and "align.beta = 0.1" in result.stdout
     assert len(result.stdout.strip().splitlines()) == len(all_keys())
 
 

@@ -57,7 +57,8 @@ def to_chat(row: SourceRow) -> dict[str, Any]:
                 raise _err(row, f"conversations[{i}]", "must be an object with 'from' and 'value'")
             role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
             if role is None:
-                raise _err(row, f"conversations[{i}].from", f"unknown speaker {turn['from']!r}", hint=f"use one of {', '.join(SHAREGPT_ROLES)}")
+                raise _err(row, f"conversations[{i}].from", f"unknown speaker {turn['from']!r}",
+                           hint=f"use one of {', '.join(SHAREGPT_ROLES)}")
             messages.append({"role": role, "content": turn["value"]})
     elif "instruction" in data and "output" in data:  # alpaca
         user = str(data.pop("instruction")).strip()

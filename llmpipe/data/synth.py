@@ -6,11 +6,11 @@ generator invents one small *world* of facts with closed answer vocabularies
 and derives every dataset from it:
 
 * pretraining text states every fact many times in varied phrasings, so a
-  ~5M-parameter model can memorise the world, and asks questions about the
-  trainable facts (never the held-out ones);
+  ~5M-parameter model can memorise the world, and shows questions about them
+  answered in plain prose;
 * SFT teaches the chat format with replies that are either a full sentence or
   the bare answer; its validation rows ask about (entity, fact family) pairs
-  that no training data ever asks, so held-out accuracy measures answering
+  that SFT never trains on, so held-out accuracy measures answering in chat
   from knowledge learned during pretraining;
 * preference pairs prefer the full, correct sentence over the bare answer, a
   wrong answer or a sloppy non-answer; validation pairs use held-out facts.
@@ -76,9 +76,10 @@ SLOPPY_SHARE = 0.15
 # prefers the full sentence. SFT leaves that choice open, so DPO has something visible to teach.
 SHORT_REPLY_SHARE = 0.5
 STYLE_PAIR_SHARE = 0.5
-# Pretraining also shows question/answer pairs about the *trainable* facts (never the held-out
-# ones): a tiny model only learns to extract a memorised fact for a question it was never asked if
-# it sees some facts both stated and asked during pretraining (Allen-Zhu & Li, Physics of LMs 3.1).
+# Pretraining also shows question/answer pairs in plain prose ("Question: ... Answer: ..."): a tiny
+# model answers questions about memorised facts far better when pretraining shows facts both stated
+# and asked (Allen-Zhu & Li, Physics of LMs 3.1). SFT then has to carry that into the chat format,
+# for facts SFT itself never trains on: that transfer is what its held-out accuracy measures.
 QA_SHARE = 0.35
 
 # --- sentence templates -----------------------------------------------------
@@ -261,7 +262,7 @@ class _Deck:
         return self.pile.pop(), self.round
 
 
-def _pretrain_rows(rng: random.Random, facts: list[tuple], target_chars: int, asked: set) -> list[dict]:
+def _pretrain_rows(rng: random.Random, facts: list[tuple], target_chars: int) -> list[dict]:
     """Write themed paragraphs until about `target_chars` characters exist.
 
     A paragraph picks one theme, draws several entities from that theme's
@@ -299,7 +300,7 @@ def _pretrain_rows(rng: random.Random, facts: list[tuple], target_chars: int, as
                 # the exact SFT reply text occurs in pretraining for every fact.
                 t = templates[0] if rnd % 3 == 0 else rng.choice(templates)
                 sents.append(_fill(t, fact, fact[2], person()))
-                if fact in asked and rng.random() < QA_SHARE:
+                if rng.random() < QA_SHARE:
                     sents.append(f"Question: {_question(rng, fact)} Answer: {reply(fact)}")
             if rng.random() < 0.35:
                 sents.append(rng.choice(FILLER).format(P=person()))
@@ -402,8 +403,8 @@ def generate(out_dir: pathlib.Path, seed: int = 0) -> dict[str, int]:
     datasets = {
         # Pretraining covers *all* facts, held-out ones included: that is
         # where the model must learn what validation questions ask about.
-        "pretrain.train.jsonl": _pretrain_rows(rng, facts, PRETRAIN_CHARS["train"], set(train_facts)),
-        "pretrain.validation.jsonl": _pretrain_rows(rng, facts, PRETRAIN_CHARS["validation"], set(train_facts)),
+        "pretrain.train.jsonl": _pretrain_rows(rng, facts, PRETRAIN_CHARS["train"]),
+        "pretrain.validation.jsonl": _pretrain_rows(rng, facts, PRETRAIN_CHARS["validation"]),
         "sft.train.jsonl": _sft_rows(rng, train_facts, SFT_ROWS["train"], dedupe=False),
         "sft.validation.jsonl": _sft_rows(rng, held_facts, SFT_ROWS["validation"], dedupe=True),
         "prefs.train.jsonl": _pref_rows(rng, train_facts, PREF_ROWS["train"]),

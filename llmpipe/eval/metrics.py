@@ -6,6 +6,7 @@ template exactly as training did, and run in seconds on CPU inside a stage.
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -26,7 +27,9 @@ def _prompt_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     return messages[:last]
 
 
-def generate_replies(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+def generate_replies(
+    model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 32
+) -> list[str]:
     """Greedy replies to chat prompts, rendered with the tokenizer's chat template."""
     import torch
 
@@ -35,13 +38,17 @@ def generate_replies(model: Any, tokenizer: Any, prompts: list[list[dict[str, st
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
+    # The model's own generation config carries the end-of-turn stop; greedy for reproducibility.
+    config = copy.deepcopy(model.generation_config)
+    config.max_new_tokens, config.do_sample = max_new_tokens, False
     replies = []
     try:
         for start in range(0, len(prompts), batch_size):
-            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[start : start + batch_size]]
+            chunk = prompts[start : start + batch_size]
+            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, generation_config=model.generation_config)
+                out = model.generate(**batch, generation_config=config)
             new = out[:, batch["input_ids"].shape[1] :]
             replies += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:

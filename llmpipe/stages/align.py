@@ -11,16 +11,10 @@ from llmpipe.console import say
 
 def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
     """Align the parent SFT checkpoint on the recipe's preference data; returns the stage folder."""
-    from llmpipe.runs import StageWriter, resolve_parent
+    from llmpipe.runs import run_stage
 
-    stage = recipe.align.method  # the stage folder is named after the method: runs/<run>/dpo
-    parent_dir = resolve_parent(stage, run_dir, parent)
-    writer = StageWriter(run_dir, stage, recipe.stage_config("align"), parent=parent_dir, restart=restart)
-    if writer.skip:
-        say(f"{stage}: complete in {writer.final_dir}, skipping")
-        return writer.final_dir
-    with writer:
-        return _train_dpo(recipe, writer, parent_dir)
+    # The stage folder is named after the method: runs/<run>/dpo.
+    return run_stage(recipe.align.method, "align", recipe, run_dir, parent, restart, _train_dpo)
 
 
 def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
@@ -31,7 +25,7 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from llmpipe.data.formats import load_stage_data
     from llmpipe.eval.metrics import preference_accuracy
     from llmpipe.stages.sft import load_chat_tokenizer
-    from llmpipe.train.common import fit, last_eval, limit_rows, attach_progress, set_generation_stops, summary, training_arguments
+    from llmpipe.train.common import attach_progress, fit, last_eval, limit_rows, set_generation_stops, summary, training_arguments
 
     cfg = recipe.align
     tokenizer = load_chat_tokenizer(parent_dir)

@@ -45,24 +45,17 @@ class BlockDataset:
 
 def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
     """Pretrain the recipe's model preset on its text; returns the finished stage folder."""
-    from llmpipe.data.formats import load_stage_data
-    from llmpipe.runs import StageWriter, resolve_parent
+    from llmpipe.runs import run_stage
 
-    cfg = recipe.pretrain
-    parent_dir = resolve_parent("pretrain", run_dir, parent)
-    writer = StageWriter(run_dir, "pretrain", recipe.stage_config("pretrain"), parent=parent_dir, restart=restart)
-    if writer.skip:
-        say(f"pretrain: complete in {writer.final_dir}, skipping")
-        return writer.final_dir
-    with writer:
-        return _train(recipe, writer, parent_dir, load_stage_data)
+    return run_stage("pretrain", "pretrain", recipe, run_dir, parent, restart, _train)
 
 
-def _train(recipe: Recipe, writer: Any, parent_dir: Path, load_stage_data: Any) -> Path:
+def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
+    from llmpipe.data.formats import load_stage_data
     from llmpipe.models import build_config, count_parameters, flops_per_token
-    from llmpipe.train.common import fit, attach_progress, last_eval, summary, training_arguments
+    from llmpipe.train.common import attach_progress, fit, last_eval, summary, training_arguments
 
     cfg = recipe.pretrain
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)

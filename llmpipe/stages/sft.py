@@ -28,7 +28,7 @@ def load_chat_tokenizer(parent_dir: Path) -> Any:
 
 
 def sft_arguments(recipe: Recipe, writer: Any) -> Any:
-    """TRL SFTConfig for the recipe: assistant-only loss, wrapped packing, no TRL extras we don't need."""
+    """TRL SFTConfig for the recipe: assistant-only loss and bfd packing of whole conversations."""
     from trl import SFTConfig
 
     from llmpipe.train.common import training_arguments
@@ -38,9 +38,9 @@ def sft_arguments(recipe: Recipe, writer: Any) -> Any:
         SFTConfig, cfg, recipe, writer,
         assistant_only_loss=True,
         packing=cfg.packing,
-        # TRL's default "bfd" packing turns a batch into one long padding-free row: ~13 s/step on
-        # CPU without FlashAttention. "wrapped" keeps dense [batch, max_length] blocks.
-        packing_strategy="wrapped",
+        # Whole conversations per row; llmpipe.train.packing gives them dense blocks with
+        # per-document attention (see there for why neither of TRL's own layouts fits CPU).
+        packing_strategy="bfd",
         max_length=cfg.max_length,
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
@@ -49,15 +49,9 @@ def sft_arguments(recipe: Recipe, writer: Any) -> Any:
 
 def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
     """Fine-tune the parent checkpoint on the recipe's chat data; returns the finished stage folder."""
-    from llmpipe.runs import StageWriter, resolve_parent
+    from llmpipe.runs import run_stage
 
-    parent_dir = resolve_parent("sft", run_dir, parent)
-    writer = StageWriter(run_dir, "sft", recipe.stage_config("sft"), parent=parent_dir, restart=restart)
-    if writer.skip:
-        say(f"sft: complete in {writer.final_dir}, skipping")
-        return writer.final_dir
-    with writer:
-        return _train(recipe, writer, parent_dir)
+    return run_stage("sft", "sft", recipe, run_dir, parent, restart, _train)
 
 
 def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
@@ -67,7 +61,8 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     from llmpipe.data.formats import load_stage_data
     from llmpipe.eval.metrics import answer_accuracy
-    from llmpipe.train.common import fit, last_eval, limit_rows, attach_progress, set_generation_stops, summary
+    from llmpipe.train.common import attach_progress, fit, last_eval, limit_rows, set_generation_stops, summary
+    from llmpipe.train.packing import use_packed_blocks
 
     cfg = recipe.sft
     tokenizer = load_chat_tokenizer(parent_dir)
@@ -85,6 +80,8 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         eval_dataset=eval_set,
         processing_class=tokenizer,
     )
+    if cfg.packing:
+        use_packed_blocks(trainer, tokenizer, cfg.max_length)
     progress = attach_progress(trainer, "sft", cfg.max_steps)
     scored = data.validation[: cfg.accuracy_rows]
     before = answer_accuracy(trainer.model, tokenizer, scored, cfg.max_new_tokens) if writer.resume_from is None else {}

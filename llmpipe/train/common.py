@@ -172,7 +172,10 @@ def fit(trainer: Any, writer: StageWriter, tokenizer: Any, progress: Any) -> Fit
     output = trainer.train(resume_from_checkpoint=str(writer.resume_from) if writer.resume_from else None)
     wall = time.time() - started
     state = trainer.state
-    loss = output.training_loss if output is not None else None
+    # The loss of the last logging window says where training ended; the trainer's own
+    # `training_loss` averages over the whole run, early high losses included.
+    logged = [h["loss"] for h in progress.history if "loss" in h]
+    loss = logged[-1] if logged else (output.training_loss if output is not None else None)
     if loss is not None and not math.isfinite(loss):
         raise RuntimeError(f"{writer.stage}: training loss became {loss}")
     # Each process saves nothing but the main one writes; save_model handles DDP/FSDP gathering.

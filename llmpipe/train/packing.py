@@ -1,0 +1,54 @@
+"""Dense packed blocks with per-document attention, for SFT on any attention backend.
+
+TRL's "bfd" packing keeps every conversation whole (best-fit decreasing into rows of max_length)
+but its padding-free collator then flattens a batch into one long row and relies on FlashAttention's
+varlen kernels to keep documents apart: without them (CPU, SDPA) a step takes ~13 s. TRL's "wrapped"
+packing is fast but lets each conversation attend to the unrelated ones before it in the block, and
+a model trained that way learns to ignore the question (measured: held-out answer accuracy of the
+tiny demo fell from 0.30 without packing to 0.07 with wrapped packing).
+
+This collator is the missing piece, written here because no library ships it for non-flash
+attention: it keeps each bfd row as one dense row of a [batch, max_length] block and restarts the
+position ids at every conversation. transformers' mask builder (masking_utils) turns restarting
+position ids into a block-diagonal causal mask, so conversations never see each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PackedBlockCollator:
+    """Collate bfd-packed rows (`input_ids`, `labels`, `seq_lengths`) into dense blocks."""
+
+    def __init__(self, pad_token_id: int, max_length: int) -> None:
+        self.pad_token_id = pad_token_id
+        self.max_length = max_length
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = min(self.max_length, max(len(e["input_ids"]) for e in examples))
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        position_ids = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            ids = example["input_ids"][:width]
+            n = len(ids)
+            input_ids[row, :n] = torch.tensor(ids)
+            labels[row, :n] = torch.tensor(example.get("labels", ids)[:n])
+            lengths = list(example.get("seq_lengths") or [n])
+            # The padded tail counts as one more "document" so that no real token attends to it.
+            lengths = [length for length in lengths if length > 0] + ([width - n] if width > n else [])
+            position_ids[row] = torch.cat([torch.arange(length) for length in lengths])[:width]
+        # use_cache=False: with a KV cache transformers skips the packed-sequence mask.
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
+
+
+def use_packed_blocks(trainer: Any, tokenizer: Any, max_length: int) -> None:
+    """Swap the trainer's padding-free collator for dense per-document blocks.
+
+    Done after construction because SFTTrainer refuses a custom collator together with bfd packing
+    (it assumes the flattened layout); the prepared dataset is the same either way.
+    """
+    trainer.data_collator = PackedBlockCollator(tokenizer.pad_token_id, max_length)
