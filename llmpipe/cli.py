@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from llmpipe.console import quiet_libraries
 from llmpipe.errors import EXIT_USER_ERROR, UserError
 
 app = typer.Typer(
@@ -70,22 +71,16 @@ def _load(args: list[str] | None, stage: str | None, device: str | None) -> Any:
     return load_recipe(recipe_path, overrides, stage=stage)
 
 
+def _echo(text: str) -> None:
+    # Under a distributed launch every process runs the command; one copy of the output is enough.
+    from llmpipe.console import is_main_process
+
+    if is_main_process():
+        typer.echo(text)
+
+
 def _run_dir(recipe: Any, out: Path | None) -> Path:
     return out if out is not None else Path("runs") / recipe.name
-
-
-def _quiet() -> None:
-    # Our own progress lines replace the libraries' bars and info logs.
-    import warnings
-
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    # transformers 5 renamed gradient_checkpointing, which TRL configs still set; nothing to act on.
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
 
 
 def _stage_command(stage: str, args: list[str] | None, out: Path | None, parent: Path | None,
@@ -96,9 +91,9 @@ def _stage_command(stage: str, args: list[str] | None, out: Path | None, parent:
             overrides.append(f"align.method={method}")
         recipe = _load(overrides, stage, device)
         run_dir = _run_dir(recipe, out)
-        _quiet()
+        quiet_libraries()
         folder = _stage_module(stage).run(recipe, run_dir, parent=parent, restart=restart)
-        typer.echo(str(folder))
+        _echo(str(folder))
 
     _guard(debug, action)
 
@@ -117,7 +112,7 @@ def tokenizer(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = 
         recipe = _load(args, "tokenizer", None)
         from llmpipe import tokenizer as tokenizer_stage
 
-        typer.echo(str(tokenizer_stage.run(recipe, _run_dir(recipe, out), restart=restart)))
+        _echo(str(tokenizer_stage.run(recipe, _run_dir(recipe, out), restart=restart)))
 
     _guard(debug, action)
 
@@ -155,14 +150,14 @@ def run(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False,
     def action() -> None:
         recipe = _load(args, None, device)
         run_dir = _run_dir(recipe, out)
-        _quiet()
+        quiet_libraries()
         from llmpipe import tokenizer as tokenizer_stage
         from llmpipe.summary import render_table
 
         tokenizer_stage.run(recipe, run_dir, restart=restart)
         for stage in ("pretrain", "sft", "align"):
             _stage_module(stage).run(recipe, run_dir, restart=restart)
-        typer.echo(render_table(run_dir))
+        _echo(render_table(run_dir))
 
     _guard(debug, action)
 

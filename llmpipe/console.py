@@ -15,3 +15,17 @@ def say(message: str) -> None:
     """Print one progress line to stderr (main process only), flushed at once."""
     if is_main_process():
         print(message, file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Silence the libraries' progress bars, info logs and rename warnings: llmpipe prints its own."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    # transformers 5 renamed gradient_checkpointing, which TRL configs still set; nothing to act on.
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)

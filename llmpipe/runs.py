@@ -133,9 +133,11 @@ def _distributed() -> bool:
 
 def _barrier() -> None:
     if _distributed():
+        import torch
         from accelerate import PartialState
 
-        PartialState().wait_for_everyone()
+        # Without cpu=True accelerate treats a CPU-only launch as one process and never waits.
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
 class _main_process_first:

@@ -80,3 +80,31 @@ def test_bytes_per_token(tokenizer):
     text = "The kettle is blue. The lamp is red."
     assert bytes_per_token(tokenizer, [text]) == pytest.approx(len(text) / len(tokenizer(text)["input_ids"]))
     assert bytes_per_token(tokenizer, [text]) > 2.0
+
+
+def test_packed_sft_rows_keep_whole_conversations_and_assistant_only_labels(tokenizer, tmp_path: Path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
+
+    from llmpipe.config import load_recipe
+    from llmpipe.models import build_config
+    from llmpipe.runs import StageWriter
+    from llmpipe.stages.sft import sft_arguments
+    from llmpipe.train.packing import use_packed_blocks
+
+    other = [{"role": "user", "content": "Is it red?"}, {"role": "assistant", "content": "It is red."}]
+    recipe = load_recipe(None, ["model=micro", "device=cpu", "sft.max_length=128"])
+    writer = StageWriter(tmp_path, "sft", recipe.stage_config("sft"))
+    model = AutoModelForCausalLM.from_config(build_config("micro", tokenizer))
+    rows = Dataset.from_list([{"messages": CHAT}, {"messages": other}])
+    trainer = SFTTrainer(model=model, args=sft_arguments(recipe, writer), train_dataset=rows,
+                         eval_dataset=rows, processing_class=tokenizer)
+    use_packed_blocks(trainer, tokenizer, 128)
+    packed = trainer.train_dataset
+    assert len(packed) == 1 and sorted(packed[0]["seq_lengths"]) == sorted(
+        len(tokenizer.apply_chat_template(m, tokenize=True, return_dict=False)) for m in (CHAT, other))
+    batch = trainer.data_collator([packed[0]])
+    learned = tokenizer.decode([t for t, label in zip(batch["input_ids"][0], batch["labels"][0]) if label != -100])
+    assert sorted(learned.split("<|end|>")) == sorted(["", "The kettle is blue.", "The lamp is red.", "It is red."])
+    assert (batch["position_ids"][0] == 0).sum() == 2  # two conversations, each starting at position 0
