@@ -93,3 +93,24 @@ def test_help_does_not_import_torch():
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny", "micro", "gpt2-124m"])
+def test_shipped_recipes_load_and_validate(name):
+    recipe = load_recipe(f"recipes/{name}.yaml")
+    assert recipe.name == name and recipe.model == name
+
+
+def test_gpt2_preset_matches_gpt2_small_shape():
+    from transformers import AutoModelForCausalLM
+
+    from llmpipe.models import build_config, count_parameters
+
+    class Gpt2SizedVocabulary:
+        bos_token_id, eos_token_id, pad_token_id = 0, 1, 2
+
+        def __len__(self) -> int:
+            return 50257
+
+    model = AutoModelForCausalLM.from_config(build_config("gpt2-124m", Gpt2SizedVocabulary()))
+    assert round(count_parameters(model) / 1e6) == 124
