@@ -188,6 +188,35 @@ def keys() -> None:
         typer.echo(f"{key} = {value}")
 
 
+@data_app.command("check")
+def data_check(
+    args: RecipeArg = None,
+    stage: Annotated[str, typer.Option(help="tokenizer, pretrain, sft or align.")] = "sft",
+    out: OutOpt = None,
+    tokenizer_dir: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: the run's).")] = None,
+    examples: Annotated[int, typer.Option(help="Rows to show rendered as trained.")] = 3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Dry-run one stage's data: rows, drops by reason, token lengths, truncation, rendered examples."""
+
+    def action() -> None:
+        from llmpipe.data.check import KINDS, check, format_report
+
+        if stage not in KINDS:
+            raise UserError(f"unknown stage '{stage}'", field="--stage", hint=f"use one of {', '.join(KINDS)}")
+        recipe = _load(args, stage if stage != "tokenizer" else "tokenizer", None)
+        quiet_libraries()
+        result = check(recipe, stage, _run_dir(recipe, out), tokenizer_dir, examples)
+        if json_out is not None:
+            import json
+
+            json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _echo(format_report(result))
+
+    _guard(debug, action)
+
+
 @data_app.command("synth")
 def data_synth(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")] = Path("data"),
                seed: Annotated[int, typer.Option(help="World and sampling seed.")] = 0) -> None:

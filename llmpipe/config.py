@@ -44,13 +44,40 @@ class TokenizerConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation settings every training stage shares."""
+class CleaningConfig:
+    """What happens to training rows before training: normalisation, filters, dedup, decontamination."""
 
+    normalize_unicode: bool = True
+    min_chars: int = 1
+    max_chars: int = 0  # 0: no limit
+    # Drop rows whose duplicated lines make up more than this share of their characters (1: off).
+    max_repeated_line_share: float = 0.5
+    exact_dedup: bool = True
+    near_dedup: bool = False
+    near_dedup_threshold: float = 0.8
+    near_dedup_ngram: int = 5
+    near_dedup_permutations: int = 128
+    # Drop training rows sharing a word n-gram with the run's held-out chat/preference rows.
+    decontaminate: bool = True
+    decontaminate_ngram: int = 13
+
+
+@dataclass
+class TrainConfig:
+    """Data and optimisation settings every training stage shares."""
+
+    # Files, folders, globs or hf:NAME[:CONFIG][@SPLIT][#REVISION] sources.
     train_files: list[str] = field(default_factory=list)
     validation_files: list[str] = field(default_factory=list)
+    # Share of the training mix drawn from each train file (same order); empty: every row once.
+    mixture_weights: list[float] = field(default_factory=list)
+    # Rename the data's own columns to llmpipe's, e.g. {question: prompt, response: completion}.
+    columns: dict[str, str] = field(default_factory=dict)
+    # A row that fails its format check: "fail" stops with file:line, "skip" drops and counts it.
+    bad_rows: str = "fail"
     # Share of training rows held out when no validation file is given (deterministic by row hash).
     validation_fraction: float = 0.05
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     max_steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1
@@ -75,6 +102,9 @@ class PretrainConfig(TrainConfig):
     max_steps: int = 300
     learning_rate: float = 2e-3
     warmup_steps: int = 20
+    # Web-style corpora repeat themselves; chat and preference rows are short and near-dedup
+    # would merge rows that differ in the one word that matters.
+    cleaning: CleaningConfig = field(default_factory=lambda: CleaningConfig(near_dedup=True))
 
 
 @dataclass
@@ -210,16 +240,19 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 def all_keys() -> list[str]:
     """Every valid dotted key of a recipe, for suggestions and documentation."""
-    hints = typing.get_type_hints(Recipe)
-    keys = []
-    for f in dataclasses.fields(Recipe):
-        if f.metadata.get("internal"):
-            continue
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(hints[f.name])]
-        else:
-            keys.append(f.name)
-    return keys
+    def walk(cls: type, prefix: str) -> list[str]:
+        hints = typing.get_type_hints(cls)
+        keys = []
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            if dataclasses.is_dataclass(hints[f.name]):
+                keys += walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                keys.append(f"{prefix}{f.name}")
+        return keys
+
+    return walk(Recipe, "")
 
 
 def _unknown_key(key: str, source: str) -> UserError:
@@ -289,11 +322,16 @@ def _coerce(value: Any, kind: Any, dotted: str, source: str) -> Any:
             return str(value)
         raise bad("a string")
     if typing.get_origin(kind) is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad("a list of paths")
-        return value
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise bad("a list")
+        item = typing.get_args(kind)[0]
+        return [_coerce(v, item, dotted, source) for v in value]
+    if typing.get_origin(kind) is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise bad("a mapping of names to names, e.g. {question: prompt}")
+        return dict(value)
     raise bad(str(kind))  # pragma: no cover - every declared type is handled above
 
 
@@ -328,6 +366,17 @@ def validate(recipe: Recipe) -> None:
         need(cfg.weight_decay >= 0, f"{stage}.weight_decay", "must be >= 0")
         need(cfg.max_grad_norm > 0, f"{stage}.max_grad_norm", "must be > 0")
         need(0 < cfg.validation_fraction < 1, f"{stage}.validation_fraction", "must be in (0, 1)")
+        need(cfg.bad_rows in ("fail", "skip"), f"{stage}.bad_rows", "must be fail or skip")
+        need(not cfg.mixture_weights or len(cfg.mixture_weights) == len(cfg.train_files), f"{stage}.mixture_weights",
+             f"needs one weight per train file ({len(cfg.train_files)})")
+        need(all(w > 0 for w in cfg.mixture_weights), f"{stage}.mixture_weights", "weights must be > 0")
+        clean = cfg.cleaning
+        need(clean.min_chars >= 0 and clean.max_chars >= 0, f"{stage}.cleaning.min_chars", "lengths must be >= 0")
+        need(0 < clean.max_repeated_line_share <= 1, f"{stage}.cleaning.max_repeated_line_share", "must be in (0, 1]")
+        need(0 < clean.near_dedup_threshold < 1, f"{stage}.cleaning.near_dedup_threshold", "must be in (0, 1)")
+        need(clean.near_dedup_ngram >= 1 and clean.decontaminate_ngram >= 1, f"{stage}.cleaning.near_dedup_ngram",
+             "n-gram sizes must be >= 1")
+        need(16 <= clean.near_dedup_permutations <= 1024, f"{stage}.cleaning.near_dedup_permutations", "must be in [16, 1024]")
     need(recipe.sft.accuracy_rows >= 0, "sft.accuracy_rows", "must be >= 0")
     need(recipe.sft.max_new_tokens >= 1, "sft.max_new_tokens", "must be >= 1")
     al = recipe.align

@@ -140,7 +140,7 @@ def _barrier() -> None:
         PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
-class _main_process_first:
+class main_process_first:
     """Context manager: the first process runs the block, then the others do."""
 
     def __enter__(self) -> None:
@@ -217,7 +217,7 @@ class StageWriter:
         parent_sha = manifest_sha(self.parent) if self.parent is not None else None
         # Under `accelerate launch` every process builds a StageWriter; only the first one touches
         # the folders, the others wait for it and then read the same state.
-        with _main_process_first():
+        with main_process_first():
             if is_main_process():
                 _restore_interrupted_swap(self.final_dir)
             self._check_existing(parent_sha)

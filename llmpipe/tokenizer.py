@@ -7,7 +7,9 @@ assistant-only loss can find them and the model learns to stop.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,7 @@ def bytes_per_token(tokenizer: Any, texts: list[str]) -> float:
     return n_bytes / max(n_tokens, 1)
 
 
-def _sample(texts: list[str], max_bytes: int) -> list[str]:
+def _sample(texts: Iterable[str], max_bytes: int) -> list[str]:
     kept, total = [], 0
     for text in texts:
         kept.append(text)
@@ -87,15 +89,17 @@ def run(recipe: Recipe, run_dir: Path, restart: bool = False) -> Path:
 
 def _train(recipe: Recipe, writer: Any, parent_dir: None) -> Path:
     from llmpipe.console import is_main_process, say
-    from llmpipe.data.formats import load_stage_data
+    from llmpipe.data.pipeline import stream_text
 
     cfg = recipe.tokenizer
-    data = load_stage_data("text", cfg.train_files, cfg.validation_files, validation_fraction=0.05)
-    writer.manifest["data"] = data.sources
+    # The tokenizer learns from the text pretraining will see: the same checks and cleaning.
+    data_cfg = dataclasses.replace(recipe.pretrain, train_files=cfg.train_files, validation_files=cfg.validation_files)
+    stream = stream_text(data_cfg)
     started = time.time()
-    texts = _sample([r["text"] for r in data.train], cfg.max_train_bytes)
+    texts = _sample((r["text"] for r in stream.train()), cfg.max_train_bytes)
+    writer.manifest["data"] = stream.report.to_manifest()
     tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency)
-    bpt = bytes_per_token(tokenizer, [r["text"] for r in data.validation])
+    bpt = bytes_per_token(tokenizer, [r["text"] for r in stream.validation])
     wall = time.time() - started
     if is_main_process():
         tokenizer.save_pretrained(writer.work_dir)

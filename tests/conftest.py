@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Token caches of the tests stay out of the user's ~/.cache.
+os.environ.setdefault("LLMPIPE_CACHE", tempfile.mkdtemp(prefix="llmpipe-test-cache-"))
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = str(ROOT / "recipes" / "micro.yaml")

@@ -32,7 +32,11 @@ def test_chain_writes_complete_manifests_linked_by_parent_hash(micro_run: Path):
         assert not (micro_run / f".{stage}.partial").exists()
         previous = stage
     data = read_manifest(micro_run / "sft")["data"]
-    assert data[0]["rows"] == 2400 and data[0]["files"][0]["sha256"]
+    assert data["train_rows"] == 2400 and data["validation_rows"] == 150 and data["dropped"] == {}
+    train_source = next(s for s in data["sources"] if s["split"] == "train")
+    assert train_source["rows"] == 2400 and train_source["files"][0]["sha256"]
+    pretrain = read_manifest(micro_run / "pretrain")["data"]
+    assert pretrain["train_tokens"] > 0 and Path(pretrain["token_cache"]).is_dir()
 
 
 def test_stage_metrics_are_recorded(micro_run: Path):

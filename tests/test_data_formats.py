@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmpipe.data.formats import load_stage_data, to_chat, to_preference
+from llmpipe.data.formats import to_chat, to_preference
 from llmpipe.data.io import SourceRow, read_rows
 from llmpipe.errors import UserError
 
@@ -109,10 +109,14 @@ def test_broken_files_name_file_and_line(tmp_path: Path):
 
 
 def test_validation_split_is_deterministic_and_disjoint(tmp_path: Path):
+    from llmpipe.config import load_recipe
+    from llmpipe.data.pipeline import stream_text
+
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": f"document number {i}"} for i in range(400)])
-    first = load_stage_data("text", [str(path)], [], 0.1)
-    second = load_stage_data("text", [str(path)], [], 0.1)
+    cfg = load_recipe(None, [f"pretrain.train_files={path}", "pretrain.validation_files=", "pretrain.validation_fraction=0.1"]).pretrain
+    first, second = stream_text(cfg), stream_text(cfg)
+    train = list(first.train())
     assert first.validation == second.validation and 20 < len(first.validation) < 60
-    assert len(first.train) + len(first.validation) == 400
-    assert not {r["text"] for r in first.train} & {r["text"] for r in first.validation}
-    assert first.sources[0]["rows"] == 400 and first.sources[0]["files"][0]["sha256"]
+    assert len(train) + len(first.validation) == 400
+    assert not {r["text"] for r in train} & {r["text"] for r in first.validation}
+    assert first.report.sources[0]["rows"] == 400 and first.report.sources[0]["files"][0]["sha256"]

@@ -28,12 +28,15 @@ def test_chain_on_shakespeare_alpaca_and_hh(tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     sft = read_manifest(tmp_path / "real" / "sft")
-    assert sft["data"][0]["rows"] == 3985 and sft["data"][1]["rows"] == 258
+    rows = {s["split"]: s["rows"] for s in sft["data"]["sources"]}
+    assert rows == {"train": 3985, "validation": 258}
+    # What cleaning dropped is counted, and the rest is what SFT trained on.
+    assert sft["data"]["train_rows"] == 3985 - sum(sft["data"]["dropped"].values())
     # Alpaca has no `answer` field, so SFT reports held-out loss before → after.
     assert sft["summary"]["metric"]["name"] == "held-out loss"
     assert sft["summary"]["metric"]["after"] < sft["summary"]["metric"]["before"]
     dpo = read_manifest(tmp_path / "real" / "dpo")
-    assert dpo["data"][0]["rows"] == 1853
+    assert {s["split"]: s["rows"] for s in dpo["data"]["sources"]} == {"train": 1853, "validation": 112}
     assert 0.0 <= dpo["metrics"]["preference_accuracy"] <= 1.0 and dpo["metrics"]["preference_rows"] == 16
     assert dpo["metrics"]["reward_accuracy"] is not None
     assert "held-out preference accuracy" in result.stdout

@@ -11,13 +11,10 @@ preferences with an implicit prompt (chosen/rejected as whole conversations shar
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
-from llmpipe.data.io import SourceRow, file_record, read_rows
+from llmpipe.data.io import SourceRow
 from llmpipe.errors import UserError
 
 ROLES = ("system", "user", "assistant")
@@ -142,49 +139,3 @@ CONVERTERS = {"text": to_text, "chat": to_chat, "preference": to_preference}
 
 def _keys(data: dict[str, Any]) -> str:
     return ", ".join(sorted(data)) or "no fields"
-
-
-@dataclass
-class StageData:
-    """Converted, checked rows of one stage, split into train and validation, plus provenance."""
-
-    train: list[dict[str, Any]]
-    validation: list[dict[str, Any]]
-    sources: list[dict[str, Any]] = field(default_factory=list)
-
-
-def load_stage_data(kind: str, train_files: list[str], validation_files: list[str], validation_fraction: float) -> StageData:
-    """Load, convert and check every row; split off validation rows when no validation file is given.
-
-    The split is by a hash of the row's content, so it is the same on every run and machine.
-    """
-    convert = CONVERTERS[kind]
-    sources = []
-
-    def load(specs: list[str], role: str) -> list[dict[str, Any]]:
-        rows = []
-        for spec in specs:
-            before = len(rows)
-            rows += [convert(row) for row in read_rows(spec)]
-            sources.append({**file_record(spec), "split": role, "rows": len(rows) - before})
-            if len(rows) == before:
-                raise UserError("holds no rows", file=spec)
-        return rows
-
-    train = load(train_files, "train")
-    if validation_files:
-        validation = load(validation_files, "validation")
-    else:
-        validation, kept = [], []
-        for row in train:
-            bucket = int(hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-            (validation if bucket < validation_fraction else kept).append(row)
-        if not validation or not kept:
-            raise UserError(
-                f"too few rows ({len(train)}) to hold out a validation split",
-                file=train_files[0],
-                hint="give validation_files, or more data",
-            )
-        train = kept
-        sources.append({"source": "hash split of train", "split": "validation", "rows": len(validation)})
-    return StageData(train=train, validation=validation, sources=sources)

@@ -58,7 +58,7 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def read_rows(spec: str) -> Iterator[SourceRow]:
-    """Yield every row of a file/folder/glob, or of a Hub dataset written `hf:NAME[:CONFIG]@SPLIT`."""
+    """Yield every row of a file/folder/glob, or of a Hub dataset `hf:NAME[:CONFIG][@SPLIT][#REVISION]`."""
     if spec.startswith("hf:"):
         yield from _read_hub(spec)
         return
@@ -120,14 +120,17 @@ def _read_file(path: Path) -> Iterator[SourceRow]:
 
 
 def _read_hub(spec: str) -> Iterator[SourceRow]:
-    """`hf:NAME[:CONFIG][@SPLIT]` through datasets.load_dataset (also works for local dataset folders)."""
-    body = spec[3:]
+    """`hf:NAME[:CONFIG][@SPLIT][#REVISION]` through datasets.load_dataset.
+
+    NAME is a Hub id or a local folder of data files (how it is tested offline); the split defaults
+    to train, the revision to the default branch."""
+    body, _, revision = spec[3:].partition("#")
     body, _, split = body.partition("@")
     name, _, config = body.partition(":")
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, config or None, split=split or "train")
+        dataset = datasets.load_dataset(name, config or None, split=split or "train", revision=revision or None)
     except Exception as e:  # the hub and loaders raise many types; all mean "cannot load this"
         raise UserError(f"cannot load dataset: {type(e).__name__}: {str(e).splitlines()[0]}", file=spec) from None
     for index, row in enumerate(dataset):

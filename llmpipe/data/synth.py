@@ -312,7 +312,7 @@ def _pretrain_rows(rng: random.Random, facts: list[tuple], target_chars: int) ->
     return rows
 
 
-def _sft_rows(rng: random.Random, pool: list[tuple], n: int, dedupe: bool) -> list[dict]:
+def _sft_rows(rng: random.Random, pool: list[tuple], n: int, system_share: float) -> list[dict]:
     """Build `n` chat rows whose final question is about a fact from `pool`.
 
     A share of rows gets a system prompt and a share gets an earlier
@@ -323,7 +323,7 @@ def _sft_rows(rng: random.Random, pool: list[tuple], n: int, dedupe: bool) -> li
     while len(rows) < n:
         fact, _ = deck.draw()
         messages = []
-        if rng.random() < SYSTEM_SHARE:
+        if rng.random() < system_share:
             messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
         if rng.random() < MULTI_TURN_SHARE:
             other = rng.choice([f for f in pool if f != fact])
@@ -334,8 +334,9 @@ def _sft_rows(rng: random.Random, pool: list[tuple], n: int, dedupe: bool) -> li
                      {"role": "assistant", "content": answer}]
         row = {"messages": messages, "answer": fact[2]}
         key = json.dumps(row)
-        # Validation duplicates would double-count facts in the accuracy metric.
-        if dedupe and key in seen:
+        # Duplicates would double-count facts in the accuracy metric, and llmpipe's exact dedup
+        # would drop them from training anyway.
+        if key in seen:
             continue
         seen.add(key)
         rows.append(row)
@@ -405,8 +406,10 @@ def generate(out_dir: pathlib.Path, seed: int = 0) -> dict[str, int]:
         # where the model must learn what validation questions ask about.
         "pretrain.train.jsonl": _pretrain_rows(rng, facts, PRETRAIN_CHARS["train"]),
         "pretrain.validation.jsonl": _pretrain_rows(rng, facts, PRETRAIN_CHARS["validation"]),
-        "sft.train.jsonl": _sft_rows(rng, train_facts, SFT_ROWS["train"], dedupe=False),
-        "sft.validation.jsonl": _sft_rows(rng, held_facts, SFT_ROWS["validation"], dedupe=True),
+        "sft.train.jsonl": _sft_rows(rng, train_facts, SFT_ROWS["train"], SYSTEM_SHARE),
+        # No system prompts in validation: a shared 10-word system prompt plus a question opening
+        # would be a 13-word span in common with training rows, and decontamination would drop them.
+        "sft.validation.jsonl": _sft_rows(rng, held_facts, SFT_ROWS["validation"], 0.0),
         "prefs.train.jsonl": _pref_rows(rng, train_facts, PREF_ROWS["train"]),
         "prefs.validation.jsonl": _pref_rows(rng, held_facts, PREF_ROWS["validation"]),
     }

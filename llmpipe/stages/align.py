@@ -22,15 +22,15 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from llmpipe.data.formats import load_stage_data
+    from llmpipe.data.pipeline import heldout_texts, load_rows
     from llmpipe.eval.metrics import preference_accuracy
     from llmpipe.stages.sft import load_chat_tokenizer
     from llmpipe.train.common import attach_progress, fit, last_eval, limit_rows, set_generation_stops, summary, training_arguments
 
     cfg = recipe.align
     tokenizer = load_chat_tokenizer(parent_dir)
-    data = load_stage_data("preference", cfg.train_files, cfg.validation_files, cfg.validation_fraction)
-    writer.manifest["data"] = data.sources
+    data = load_rows("preference", cfg, heldout_texts(recipe))
+    writer.manifest["data"] = data.report.to_manifest()
     policy = AutoModelForCausalLM.from_pretrained(parent_dir)
     # An explicit reference copy: with ref_model=None TRL re-loads the policy by name, which fails for
     # a model that was built from a config (no hub id).

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,50 @@ class BlockDataset:
         return {"input_ids": block, "labels": block}
 
 
+def cache_root() -> Path:
+    """Where tokenized corpora are cached: $LLMPIPE_CACHE, else ~/.cache/llmpipe."""
+    return Path(os.environ.get("LLMPIPE_CACHE") or Path.home() / ".cache" / "llmpipe") / "tokens"
+
+
+def token_blocks(cfg: Any, tokenizer: Any, tokenizer_dir: Path, stream: Any, references: list[str]) -> tuple[Any, dict]:
+    """Training blocks memory-mapped from token shards, tokenized once per content and cached.
+
+    The cache key covers everything that decides the tokens: each file's sha256, the tokenizer,
+    the split, column mapping, bad-row policy, mixture weights, cleaning settings and the texts the
+    rows are decontaminated against. Returns (dataset, the manifest's `data` entry)."""
+    from llmpipe.data.io import file_record
+    from llmpipe.data.shards import TokenBlockDataset, cached_token_shards
+    from llmpipe.runs import main_process_first, sha256_file, sha256_text, write_json_atomic
+
+    identity = {
+        "format": 1,
+        "sources": [file_record(spec) for spec in cfg.train_files],
+        "validation": cfg.validation_files or cfg.validation_fraction,
+        "columns": cfg.columns,
+        "bad_rows": cfg.bad_rows,
+        "mixture_weights": cfg.mixture_weights,
+        "cleaning": dataclasses.asdict(cfg.cleaning),
+        "tokenizer": sha256_file(Path(tokenizer_dir) / "tokenizer.json"),
+        "references": sha256_text("\n".join(references)),
+    }
+    key = sha256_text(json.dumps(identity, sort_keys=True, default=str))
+    # Under a distributed launch the first process tokenizes; the others then find the cache.
+    with main_process_first():
+        folder, meta, cached = cached_token_shards(
+            lambda: (row["text"] for row in stream.train()), tokenizer, cache_root(), key
+        )
+        report_file = folder / "data_report.json"
+        if cached and report_file.exists():
+            report = json.loads(report_file.read_text(encoding="utf-8"))
+        else:
+            report = stream.report.to_manifest()
+            if not cached:
+                write_json_atomic(report_file, report)
+    report = {**report, "token_cache": str(folder), "cache_hit": cached, "train_tokens": meta["tokens"]}
+    say(f"pretrain: {meta['tokens']:,} training tokens in {folder}" + (" (cached)" if cached else ""))
+    return TokenBlockDataset(folder, cfg.max_length), report
+
+
 def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
     """Pretrain the recipe's model preset on its text; returns the finished stage folder."""
     from llmpipe.runs import run_stage
@@ -53,14 +100,14 @@ def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart
 def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
-    from llmpipe.data.formats import load_stage_data
+    from llmpipe.data.pipeline import heldout_texts, stream_text
     from llmpipe.models import build_config, count_parameters, flops_per_token
     from llmpipe.train.common import attach_progress, fit, last_eval, summary, training_arguments
 
     cfg = recipe.pretrain
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)
-    data = load_stage_data("text", cfg.train_files, cfg.validation_files, cfg.validation_fraction)
-    writer.manifest["data"] = data.sources
+    references = heldout_texts(recipe) if cfg.cleaning.decontaminate else []
+    stream = stream_text(cfg, references)
 
     set_seed(recipe.seed)
     model_config = build_config(recipe.model, tokenizer)
@@ -69,8 +116,8 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
             f"is {cfg.max_length} but the '{recipe.model}' preset has a context of {model_config.n_positions}",
             file=recipe.source, field="pretrain.max_length", hint=f"set pretrain.max_length <= {model_config.n_positions}",
         )
-    train_blocks, _ = pack_blocks(tokenizer, [r["text"] for r in data.train], cfg.max_length)
-    val_texts = [r["text"] for r in data.validation]
+    train_blocks, writer.manifest["data"] = token_blocks(cfg, tokenizer, parent_dir, stream, references)
+    val_texts = [r["text"] for r in stream.validation]
     val_blocks, val_tokens = pack_blocks(tokenizer, val_texts, cfg.max_length)
     for name, blocks in (("train", train_blocks), ("validation", val_blocks)):
         if len(blocks) == 0:
@@ -91,7 +138,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=BlockDataset(train_blocks),
+        train_dataset=train_blocks,
         eval_dataset=BlockDataset(val_blocks),
         processing_class=tokenizer,
     )

@@ -59,15 +59,15 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
-    from llmpipe.data.formats import load_stage_data
+    from llmpipe.data.pipeline import heldout_texts, load_rows
     from llmpipe.eval.metrics import answer_accuracy
     from llmpipe.train.common import attach_progress, fit, last_eval, limit_rows, set_generation_stops, summary
     from llmpipe.train.packing import use_packed_blocks
 
     cfg = recipe.sft
     tokenizer = load_chat_tokenizer(parent_dir)
-    data = load_stage_data("chat", cfg.train_files, cfg.validation_files, cfg.validation_fraction)
-    writer.manifest["data"] = data.sources
+    data = load_rows("chat", cfg, heldout_texts(recipe))
+    writer.manifest["data"] = data.report.to_manifest()
     model = AutoModelForCausalLM.from_pretrained(parent_dir)
     set_generation_stops(model, tokenizer)
 

@@ -1,0 +1,181 @@
+"""From data sources to training rows: read, map columns, convert and check, split, clean, mix.
+
+Every source streams row by row, so pretraining text larger than memory flows through to the token
+shards; chat and preference rows are small and come back as lists. What was read, skipped and
+dropped (and why) is counted in a DataReport that goes to the stage's manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmpipe.data.formats import CONVERTERS
+from llmpipe.data.io import SourceRow, file_record, read_rows
+from llmpipe.errors import UserError
+
+
+@dataclass
+class DataReport:
+    """Counts for the manifest: rows per source, invalid rows skipped by reason, cleaning drops."""
+
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    invalid: Counter = field(default_factory=Counter)
+    cleaning: dict[str, int] = field(default_factory=dict)
+    validation_rows: int = 0
+    train_rows: int = 0
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The `data` entry of a manifest."""
+        dropped = {f"invalid: {reason}": n for reason, n in self.invalid.items()}
+        dropped.update({reason: n for reason, n in self.cleaning.items() if reason != "kept" and n})
+        return {"sources": self.sources, "dropped": dropped, "train_rows": self.train_rows,
+                "validation_rows": self.validation_rows}
+
+
+@dataclass
+class StageData:
+    """Training and validation rows of one stage, with the report of how they were made."""
+
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    report: DataReport
+
+
+def _bucket(row: dict[str, Any], salt: str = "") -> float:
+    """A stable number in [0, 1) from a row's content: the same split on every run and machine."""
+    digest = hashlib.sha256((salt + json.dumps(row, sort_keys=True, ensure_ascii=False)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _converted(spec: str, kind: str, cfg: Any, report: DataReport | None) -> Iterator[dict[str, Any]]:
+    convert = CONVERTERS[kind]
+    rows = 0
+    for raw in read_rows(spec):
+        if cfg.columns:
+            raw = SourceRow({cfg.columns.get(k, k): v for k, v in raw.data.items()}, raw.file, raw.line)
+        try:
+            row = convert(raw)
+        except UserError as error:
+            if cfg.bad_rows == "fail":
+                raise
+            if report is not None:
+                report.invalid[f'"{error.field}" {error.what}' if error.field else error.what] += 1
+            continue
+        rows += 1
+        yield row
+    if rows == 0:
+        raise UserError("holds no usable rows", file=spec, hint="check the file, or bad_rows=fail to see why rows fail")
+    if report is not None:
+        report.sources.append({**file_record(spec), "rows": rows})
+
+
+def _validation_rows(kind: str, cfg: Any, report: DataReport) -> list[dict[str, Any]]:
+    from llmpipe.data.clean import normalize_row
+
+    if cfg.validation_files:
+        rows = [row for spec in cfg.validation_files for row in _converted(spec, kind, cfg, report)]
+        for source in report.sources:
+            source["split"] = "validation"
+    else:  # held out from the train files by content hash
+        rows = [row for spec in cfg.train_files for row in _converted(spec, kind, cfg, None)
+                if _bucket(row) < cfg.validation_fraction]
+        if not rows:
+            raise UserError("no rows fall into the validation split", file=cfg.train_files[0],
+                            hint="give validation_files, more data, or a larger validation_fraction")
+    report.validation_rows = len(rows)
+    return [normalize_row(r) for r in rows] if cfg.cleaning.normalize_unicode else rows
+
+
+def _copies_per_row(kind: str, cfg: Any) -> list[float]:
+    """How many times each train source's rows enter the mix, from the mixture weights.
+
+    Weights are shares of the mix: source i contributes w_i / sum(w) of all rows. Counted on the
+    rows before cleaning, so the counting pass is cheap and streams."""
+    if not cfg.mixture_weights:
+        return [1.0] * len(cfg.train_files)
+    counts = [sum(1 for _ in _converted(spec, kind, cfg, None)) for spec in cfg.train_files]
+    total, weight_sum = sum(counts), sum(cfg.mixture_weights)
+    return [w / weight_sum * total / n for w, n in zip(cfg.mixture_weights, counts)]
+
+
+def _train_stream(kind: str, cfg: Any, references: list[str], report: DataReport) -> Callable[[], Iterator[dict]]:
+    from llmpipe.data.clean import RowCleaner
+
+    copies = _copies_per_row(kind, cfg)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        cleaner = RowCleaner(cfg.cleaning, references)
+        report.cleaning = cleaner.counts  # live: right even when a reader stops early (tokenizer sample)
+        report.sources = [s for s in report.sources if s.get("split") == "validation"]
+        report.train_rows = 0
+        for index, (spec, factor) in enumerate(zip(cfg.train_files, copies)):
+            start = len(report.sources)
+            for number, row in enumerate(_converted(spec, kind, cfg, report)):
+                if not cfg.validation_files and _bucket(row) < cfg.validation_fraction:
+                    continue
+                kept, _ = cleaner.check(row)
+                if kept is None:
+                    continue
+                # Whole copies, plus one more for a stable pseudo-random share of the rows.
+                n = math.floor(factor) + (_bucket({"i": index, "n": number}, "mix") < factor - math.floor(factor))
+                report.train_rows += n
+                for _ in range(n):
+                    yield kept
+            for source in report.sources[start:]:
+                source.update(split="train", copies=round(factor, 4))
+        if report.train_rows == 0:
+            raise UserError("no training rows left after splitting and cleaning", file=cfg.train_files[0],
+                            hint=f"dropped: {dict(report.cleaning)}")
+
+    return rows
+
+
+def load_rows(kind: str, cfg: Any, references: list[str] = ()) -> StageData:
+    """All rows of a chat or preference stage (or tokenizer text), checked, split, cleaned, mixed."""
+    report = DataReport()
+    validation = _validation_rows(kind, cfg, report)
+    train = list(_train_stream(kind, cfg, _with_own(references, validation, cfg), report)())
+    return StageData(train=train, validation=validation, report=report)
+
+
+@dataclass
+class TextStream:
+    """Pretraining text: held-out rows in memory, training rows as a stream that can be replayed."""
+
+    validation: list[dict[str, Any]]
+    train: Callable[[], Iterator[dict[str, Any]]]
+    report: DataReport
+
+
+def stream_text(cfg: Any, references: list[str] = ()) -> TextStream:
+    """Pretraining text that never has to fit in memory; `train()` starts a fresh pass."""
+    report = DataReport()
+    validation = _validation_rows("text", cfg, report)
+    return TextStream(validation=validation, train=_train_stream("text", cfg, list(references), report), report=report)
+
+
+def _with_own(references: list[str], validation: list[dict[str, Any]], cfg: Any) -> list[str]:
+    from llmpipe.data.clean import row_text
+
+    return list(references) + [row_text(r) for r in validation] if cfg.cleaning.decontaminate else list(references)
+
+
+def heldout_texts(recipe: Any) -> list[str]:
+    """Texts of the run's held-out chat and preference rows (explicit validation files only).
+
+    Every stage's training rows are decontaminated against them. Pretraining is not checked against
+    its own held-out split: text split at random shares boilerplate n-grams with itself."""
+    from llmpipe.data.clean import row_text
+
+    texts = []
+    for kind, cfg in (("chat", recipe.sft), ("preference", recipe.align)):
+        if cfg.cleaning.decontaminate or recipe.pretrain.cleaning.decontaminate:
+            for spec in cfg.validation_files:
+                texts += [row_text(r) for r in _converted(spec, kind, cfg, None)]
+    return texts
