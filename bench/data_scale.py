@@ -14,6 +14,7 @@ bench/results/data_scale.json and prints a table. Run: `python bench/data_scale.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -37,13 +38,14 @@ MB = 1_000_000
 
 def make_corpus(path: Path, n_bytes: int, seed: int = 0) -> int:
     """Write ~n_bytes of JSONL {"text"} rows: documents of random sentences over Zipf-distributed
-    pseudo-words. Deterministic for a seed; every document is distinct (exact dedup keeps them)."""
+    pseudo-words. Every corpus shares one "language" (word list and sentences), so a tokenizer trained
+    on one fits the others; `seed` picks the documents. Every document is distinct (dedup keeps them)."""
     import numpy as np
 
-    rng = random.Random(seed)
+    rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
-    zipf = [1.0 / (rank + 1) for rank in range(len(words))]
-    sentences = [" ".join(rng.choices(words, weights=zipf, k=rng.randint(5, 20))).capitalize() + "." for _ in range(20000)]
+    zipf = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(words))))
+    sentences = [" ".join(rng.choices(words, cum_weights=zipf, k=rng.randint(5, 20))).capitalize() + "." for _ in range(20000)]
     picks = np.random.default_rng(seed)
     written = 0
     with open(path, "w", encoding="utf-8") as f:
@@ -52,13 +54,12 @@ def make_corpus(path: Path, n_bytes: int, seed: int = 0) -> int:
             order, lengths = picks.integers(0, len(sentences), 40_000), picks.integers(3, 40, 2_000)
             rows, pos = [], 0
             for n in lengths:
-                if pos + n > len(order):
+                if pos + n > len(order) or written >= n_bytes:
                     break
-                rows.append(json.dumps({"text": " ".join(sentences[i] for i in order[pos : pos + n])}))
+                rows.append(json.dumps({"text": " ".join(sentences[i] for i in order[pos : pos + n])}) + "\n")
                 pos += n
-            chunk = "\n".join(rows) + "\n"
-            f.write(chunk)
-            written += len(chunk)
+                written += len(rows[-1])
+            f.write("".join(rows))
     return written
 
 
@@ -113,16 +114,17 @@ def run_measured(cmd: list[str], env: dict, marker: str) -> dict:
     The data phase ends when `marker` appears on stderr; RSS peaks are split at that point."""
     import psutil
 
+    load_before = os.getloadavg()[0]
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
-    phase = {"data_end": None}
+    phase = {"data_end": None, "line": None}
 
     def reader() -> None:
         for line in proc.stdout:
             lines.append(line.rstrip())
             if phase["data_end"] is None and marker in line:
-                phase["data_end"] = time.time() - started
+                phase["data_end"], phase["line"] = time.time() - started, line.strip()
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
@@ -150,9 +152,13 @@ def run_measured(cmd: list[str], env: dict, marker: str) -> dict:
         "data_phase_seconds": None if phase["data_end"] is None else round(phase["data_end"], 1),
         "peak_rss_mb": round(usage.ru_maxrss * 1024 / MB, 1),  # Linux reports KiB
         "peak_rss_mb_polled": round(max(peaks.values()) / MB, 1),
+        # CPU well under 2x wall during the data phase means other processes shared the 2 cores.
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "load_average_before": round(load_before, 2),
         "peak_rss_mb_data_phase": round(peaks["data"] / MB, 1),
         "peak_rss_mb_train_phase": round(peaks["train"] / MB, 1),
-        "log_tail": lines[-4:],
+        "data_line": phase["line"],
+        "log_tail": lines[-3:],
     }
 
 

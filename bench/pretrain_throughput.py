@@ -28,15 +28,16 @@ def hand_written_loop(recipe, tokenizer_dir: Path, steps: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from llmpipe.data.formats import load_stage_data
+    from llmpipe.data.pipeline import stream_text
     from llmpipe.models import build_config
-    from llmpipe.stages.pretrain import pack_blocks
+    from llmpipe.stages.pretrain import token_blocks
     from llmpipe.train.common import placement
 
     cfg = recipe.pretrain
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    data = load_stage_data("text", cfg.train_files, cfg.validation_files, cfg.validation_fraction)
-    blocks, _ = pack_blocks(tokenizer, [r["text"] for r in data.train], cfg.max_length)
+    # The very blocks the stage trains on, from the same token cache.
+    dataset, _ = token_blocks(cfg, tokenizer, tokenizer_dir, stream_text(cfg), [])
+    blocks = torch.stack([dataset[i]["input_ids"] for i in range(len(dataset))])
     set_seed(recipe.seed)
     model = AutoModelForCausalLM.from_config(build_config(recipe.model, tokenizer))
     device = torch.device("cuda" if torch.cuda.is_available() and recipe.device != "cpu" else "cpu")

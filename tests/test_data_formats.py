@@ -119,4 +119,6 @@ def test_validation_split_is_deterministic_and_disjoint(tmp_path: Path):
     assert first.validation == second.validation and 20 < len(first.validation) < 60
     assert len(train) + len(first.validation) == 400
     assert not {r["text"] for r in train} & {r["text"] for r in first.validation}
-    assert first.report.sources[0]["rows"] == 400 and first.report.sources[0]["files"][0]["sha256"]
+    train_source = next(s for s in first.report.sources if s["split"] == "train")
+    assert train_source["rows"] == 400 and train_source["files"][0]["sha256"]
+    assert first.report.sources[0]["split"] == "validation" and first.report.sources[0]["rows"] == len(first.validation)

@@ -78,7 +78,7 @@ class CharTokenizer:
     def __len__(self) -> int:
         return self.vocab
 
-    def __call__(self, batch, add_special_tokens=False):
+    def __call__(self, batch, add_special_tokens=False, **kw):
         self.calls.append(list(batch))
         return {"input_ids": [[1000 + ord(c) for c in t] for t in batch]}
 
@@ -160,9 +160,9 @@ def test_texts_are_consumed_lazily(tmp_path):
     seen = []
 
     class Recording(CharTokenizer):
-        def __call__(self, batch, add_special_tokens=False):
+        def __call__(self, batch, add_special_tokens=False, **kw):
             seen.append(pulled)  # how far the generator was pulled when this batch is tokenized
-            return super().__call__(batch, add_special_tokens)
+            return super().__call__(batch, add_special_tokens, **kw)
 
     meta = build_token_shards(texts(), Recording(), tmp_path / "c", batch_docs=10)
     # Batch k is tokenized after exactly k*10 (or all 25) documents were read, never more.
@@ -179,10 +179,10 @@ def test_texts_are_consumed_lazily(tmp_path):
             yield "x"
 
     class FailSecond(CharTokenizer):
-        def __call__(self, batch, add_special_tokens=False):
+        def __call__(self, batch, add_special_tokens=False, **kw):
             if self.calls:
                 raise KeyboardInterrupt
-            return super().__call__(batch, add_special_tokens)
+            return super().__call__(batch, add_special_tokens, **kw)
 
     with pytest.raises(KeyboardInterrupt):
         build_token_shards(endless(), FailSecond(), tmp_path / "d", batch_docs=10)
@@ -223,9 +223,9 @@ def test_parallelism_setting_is_restored(tmp_path, monkeypatch):
     seen = []
 
     class Spy(CharTokenizer):
-        def __call__(self, batch, add_special_tokens=False):
+        def __call__(self, batch, add_special_tokens=False, **kw):
             seen.append(os.environ.get("TOKENIZERS_PARALLELISM"))
-            return super().__call__(batch, add_special_tokens)
+            return super().__call__(batch, add_special_tokens, **kw)
 
     build_token_shards(["a"], Spy(), tmp_path / "a", num_workers=2)
     build_token_shards(["a"], Spy(), tmp_path / "b", num_workers=1)

@@ -55,7 +55,11 @@ def _bucket(row: dict[str, Any], salt: str = "") -> float:
 
 def _converted(spec: str, kind: str, cfg: Any, report: DataReport | None) -> Iterator[dict[str, Any]]:
     convert = CONVERTERS[kind]
-    rows = 0
+    # Recorded up front and counted as rows arrive, so a reader that stops early (the tokenizer's
+    # sample) still leaves a true record of what it read.
+    record = {**file_record(spec), "rows": 0}
+    if report is not None:
+        report.sources.append(record)
     for raw in read_rows(spec):
         if cfg.columns:
             raw = SourceRow({cfg.columns.get(k, k): v for k, v in raw.data.items()}, raw.file, raw.line)
@@ -67,12 +71,10 @@ def _converted(spec: str, kind: str, cfg: Any, report: DataReport | None) -> Ite
             if report is not None:
                 report.invalid[f'"{error.field}" {error.what}' if error.field else error.what] += 1
             continue
-        rows += 1
+        record["rows"] += 1
         yield row
-    if rows == 0:
+    if record["rows"] == 0:
         raise UserError("holds no usable rows", file=spec, hint="check the file, or bad_rows=fail to see why rows fail")
-    if report is not None:
-        report.sources.append({**file_record(spec), "rows": rows})
 
 
 def _validation_rows(kind: str, cfg: Any, report: DataReport) -> list[dict[str, Any]]:
@@ -88,6 +90,8 @@ def _validation_rows(kind: str, cfg: Any, report: DataReport) -> list[dict[str, 
         if not rows:
             raise UserError("no rows fall into the validation split", file=cfg.train_files[0],
                             hint="give validation_files, more data, or a larger validation_fraction")
+        report.sources.append({"source": f"content-hash split of train_files ({cfg.validation_fraction:.0%})",
+                               "split": "validation", "rows": len(rows)})
     report.validation_rows = len(rows)
     return [normalize_row(r) for r in rows] if cfg.cleaning.normalize_unicode else rows
 
@@ -117,6 +121,8 @@ def _train_stream(kind: str, cfg: Any, references: list[str], report: DataReport
         for index, (spec, factor) in enumerate(zip(cfg.train_files, copies)):
             start = len(report.sources)
             for number, row in enumerate(_converted(spec, kind, cfg, report)):
+                if number == 0:
+                    report.sources[start].update(split="train", copies=round(factor, 4))
                 if not cfg.validation_files and _bucket(row) < cfg.validation_fraction:
                     continue
                 kept, _ = cleaner.check(row)
@@ -127,8 +133,6 @@ def _train_stream(kind: str, cfg: Any, references: list[str], report: DataReport
                 report.train_rows += n
                 for _ in range(n):
                     yield kept
-            for source in report.sources[start:]:
-                source.update(split="train", copies=round(factor, 4))
         if report.train_rows == 0:
             raise UserError("no training rows left after splitting and cleaning", file=cfg.train_files[0],
                             hint=f"dropped: {dict(report.cleaning)}")

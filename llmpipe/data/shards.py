@@ -1,6 +1,6 @@
 """Pretraining text tokenized once into memory-mapped token shards, cached by content hash.
 
-Layout of a cache folder: `shard-00000.bin`, `shard-00001.bin`, ... (flat little arrays of token ids:
+Layout of a cache folder: `shard-00000.bin`, `shard-00001.bin`, ... (flat arrays of token ids:
 `<bos> doc <eos>` per document, concatenated; a document may straddle two shards) and `meta.json`,
 written last. `meta.json` present == cache complete: a build works in a temporary sibling folder that
 is renamed into place only when finished, so a killed build never looks like a cache.
@@ -18,18 +18,14 @@ import multiprocessing
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 META = "meta.json"
-
-
-def _shard_name(index: int) -> str:
-    return f"shard-{index:05d}.bin"
 
 
 @contextmanager
@@ -107,29 +103,25 @@ def build_token_shards(
                 documents += len(batch)
                 n_bytes += sum(len(t.encode("utf-8")) for t in batch)
                 flat: list[int] = []
-                for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+                encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False)
+                for ids in encoded["input_ids"]:
                     flat.append(bos)
                     flat.extend(ids)
                     flat.append(eos)
                 array = np.asarray(flat, dtype=dtype)
-                del batch, flat
+                del batch, flat, encoded
                 pos = 0
                 while pos < len(array):
                     if handle is None or shards[-1]["tokens"] == shard_tokens:
                         handle = _next_shard(handle, tmp, shards)
                     take = min(len(array) - pos, shard_tokens - shards[-1]["tokens"])
-                    handle.write(array[pos : pos + take].tobytes())
+                    handle.write(array[pos : pos + take])  # buffer protocol: no extra copy
                     shards[-1]["tokens"] += take
                     pos += take
         _close(handle)
         handle = None
-        meta = {
-            "dtype": np.dtype(dtype).name,
-            "shards": shards,
-            "tokens": sum(s["tokens"] for s in shards),
-            "documents": documents,
-            "bytes": n_bytes,
-        }
+        meta = {"dtype": np.dtype(dtype).name, "shards": shards, "tokens": sum(s["tokens"] for s in shards),
+                "documents": documents, "bytes": n_bytes}
         _write_json_atomic(tmp / META, meta)
         _publish(tmp, out_dir)
         return json.loads((out_dir / META).read_text())
@@ -142,7 +134,7 @@ def build_token_shards(
 
 def _next_shard(handle: Any, folder: Path, shards: list[dict]) -> Any:
     _close(handle)
-    shards.append({"file": _shard_name(len(shards)), "tokens": 0})
+    shards.append({"file": f"shard-{len(shards):05d}.bin", "tokens": 0})
     return open(folder / shards[-1]["file"], "wb")
 
 
