@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-scale install clean
 
 $(BIN)/llmpipe: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Each benchmark prints a table and writes JSON to bench/results/.
 bench: install
 	$(BIN)/python bench/pretrain_throughput.py
+	$(BIN)/python bench/dedup_throughput.py
+	$(BIN)/python bench/data_scale.py --quick
+
+# Peak memory of pretraining on a 1 GB corpus against 10 MB (about 10 minutes, ~3 GB in /tmp).
+bench-scale: install
+	$(BIN)/python bench/data_scale.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -16,28 +16,12 @@ import platform
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-@dataclass
-class Cfg:
-    """The cleaning settings under test (same fields as llmpipe.config.CleaningConfig)."""
-
-    normalize_unicode: bool = True
-    min_chars: int = 1
-    max_chars: int = 0
-    max_repeated_line_share: float = 0.5
-    exact_dedup: bool = True
-    near_dedup: bool = False
-    near_dedup_threshold: float = 0.8
-    near_dedup_ngram: int = 5
-    near_dedup_permutations: int = 128
-    decontaminate: bool = True
-    decontaminate_ngram: int = 13
+from llmpipe.config import CleaningConfig  # noqa: E402  (after the path set-up)
 
 
 def shingle_jaccard(a: list[str], b: list[str], n: int = 5) -> float:
@@ -81,7 +65,7 @@ def make_corpus(n: int, words: int, near_share: float, exact_share: float, chang
     return docs, labels, near_jaccard
 
 
-def run(docs: list[str], labels: list[str], cfg: Cfg, references: list[str]) -> dict:
+def run(docs: list[str], labels: list[str], cfg: CleaningConfig, references: list[str]) -> dict:
     """Clean `docs` with `cfg`; seconds include building the cleaner (LSH setup, reference hashing)."""
     from llmpipe.data.clean import RowCleaner
 
@@ -128,9 +112,9 @@ def main() -> None:
     import datasketch  # noqa: F401
 
     import_seconds = time.perf_counter() - start
-    configs = {"exact_only": Cfg(), "exact_and_near": Cfg(near_dedup=True)}
+    configs = {"exact_only": CleaningConfig(), "exact_and_near": CleaningConfig(near_dedup=True)}
     if references:
-        configs["exact_and_decontaminate"] = Cfg()
+        configs["exact_and_decontaminate"] = CleaningConfig()
     results = {}
     for name, cfg in configs.items():
         results[name] = run(docs, labels, cfg, references if name == "exact_and_decontaminate" else [])
@@ -152,8 +136,8 @@ def main() -> None:
     record = {
         "benchmark": "dedup_throughput",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
-        "near_dedup": {"threshold": Cfg.near_dedup_threshold, "ngram": Cfg.near_dedup_ngram,
-                       "permutations": Cfg.near_dedup_permutations},
+        "near_dedup": {"threshold": CleaningConfig().near_dedup_threshold, "ngram": CleaningConfig().near_dedup_ngram,
+                       "permutations": CleaningConfig().near_dedup_permutations},
         "planted": planted,
         "near_copy_true_jaccard": jaccard,
         "results": results,
