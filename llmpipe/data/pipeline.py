@@ -179,7 +179,6 @@ def heldout_texts(recipe: Any) -> list[str]:
 
     texts = []
     for kind, cfg in (("chat", recipe.sft), ("preference", recipe.align)):
-        if cfg.cleaning.decontaminate or recipe.pretrain.cleaning.decontaminate:
-            for spec in cfg.validation_files:
-                texts += [row_text(r) for r in _converted(spec, kind, cfg, None)]
+        for spec in cfg.validation_files:
+            texts += [row_text(r) for r in _converted(spec, kind, cfg, None)]
     return texts

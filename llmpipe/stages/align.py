@@ -29,7 +29,7 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     cfg = recipe.align
     tokenizer = load_chat_tokenizer(parent_dir)
-    data = load_rows("preference", cfg, heldout_texts(recipe))
+    data = load_rows("preference", cfg, heldout_texts(recipe) if cfg.cleaning.decontaminate else [])
     writer.manifest["data"] = data.report.to_manifest()
     policy = AutoModelForCausalLM.from_pretrained(parent_dir)
     # An explicit reference copy: with ref_model=None TRL re-loads the policy by name, which fails for

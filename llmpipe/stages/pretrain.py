@@ -15,7 +15,7 @@ from llmpipe.errors import UserError
 
 
 def pack_blocks(tokenizer: Any, texts: list[str], block_size: int) -> tuple[Any, int]:
-    """Tokenize documents as <bos> text <eos>, concatenate, and cut into full blocks.
+    """Tokenize held-out documents (in memory: they are few) as <bos> text <eos>, cut into full blocks.
 
     Returns (LongTensor [n_blocks, block_size], number of tokens before cutting). The tail shorter
     than a block is dropped.

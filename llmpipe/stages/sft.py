@@ -66,7 +66,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     cfg = recipe.sft
     tokenizer = load_chat_tokenizer(parent_dir)
-    data = load_rows("chat", cfg, heldout_texts(recipe))
+    data = load_rows("chat", cfg, heldout_texts(recipe) if cfg.cleaning.decontaminate else [])
     writer.manifest["data"] = data.report.to_manifest()
     model = AutoModelForCausalLM.from_pretrained(parent_dir)
     set_generation_stops(model, tokenizer)
