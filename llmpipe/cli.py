@@ -68,7 +68,13 @@ def _load(args: list[str] | None, stage: str | None, device: str | None) -> Any:
     for extra in overrides:
         if "=" not in extra:
             raise UserError(f"'{extra}' is not key=value (only the first argument can be a recipe file)")
-    return load_recipe(recipe_path, overrides, stage=stage)
+    recipe = load_recipe(recipe_path, overrides, stage=stage)
+    if recipe.device != "auto" or recipe.precision != "auto":
+        # Checked before any stage runs, so `run --device cuda` on a CPU box fails in a second.
+        from llmpipe.train.common import placement
+
+        placement(recipe)
+    return recipe
 
 
 def _echo(text: str) -> None:

@@ -114,3 +114,14 @@ def test_gpt2_preset_matches_gpt2_small_shape():
 
     model = AutoModelForCausalLM.from_config(build_config("gpt2-124m", Gpt2SizedVocabulary()))
     assert round(count_parameters(model) / 1e6) == 124
+
+
+def test_unavailable_device_fails_before_any_stage_runs(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    result = invoke("run", MICRO, "--out", str(tmp_path / "run"), "--device", "cuda")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == 'error: "device" CUDA was asked for but no GPU is visible — use device=auto or device=cpu'
+    assert not (tmp_path / "run").exists()  # nothing was written
