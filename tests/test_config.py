@@ -125,3 +125,11 @@ def test_unavailable_device_fails_before_any_stage_runs(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip() == 'error: "device" CUDA was asked for but no GPU is visible — use device=auto or device=cpu'
     assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_debug_flag_shows_the_full_error():
+    from llmpipe.errors import UserError
+
+    result = invoke("pretrain", MICRO, "max_step=3", "--debug")
+    assert result.exit_code != 0 and isinstance(result.exception, UserError)
+    assert "did you mean 'pretrain.max_steps'" in str(result.exception)
