@@ -211,7 +211,7 @@ def data_check(
 
         if stage not in KINDS:
             raise UserError(f"unknown stage '{stage}'", field="--stage", hint=f"use one of {', '.join(KINDS)}")
-        recipe = _load(args, stage if stage != "tokenizer" else "tokenizer", None)
+        recipe = _load(args, stage, None)
         quiet_libraries()
         result = check(recipe, stage, _run_dir(recipe, out), tokenizer_dir, examples)
         if json_out is not None:
