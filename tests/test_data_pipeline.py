@@ -172,3 +172,17 @@ def test_duplicates_and_contamination_are_dropped_and_recorded(tmp_path: Path):
     kept = [r["text"] for r in stream.train()]
     assert kept == ["first document about apples and pears", "another clean text here"]
     assert stream.report.to_manifest()["dropped"] == {"exact_duplicate": 2, "contaminated": 1}
+
+
+def test_mixture_counting_waits_for_the_first_pass(tmp_path: Path):
+    # A token-cache hit never calls train(), so building the stream must not read the train files.
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"text": "alpha"}) + "\n")
+    cfg = stage_cfg("pretrain", f"pretrain.train_files={a},{a}", "pretrain.mixture_weights=[1, 1]",
+                    "pretrain.validation_files=data/pretrain.validation.jsonl")
+    stream = stream_text(cfg)
+    a.unlink()
+    from llmpipe.errors import UserError
+
+    with pytest.raises(UserError, match="data file not found"):
+        next(stream.train())

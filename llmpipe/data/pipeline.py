@@ -56,9 +56,11 @@ def _bucket(row: dict[str, Any], salt: str = "") -> float:
 def _converted(spec: str, kind: str, cfg: Any, report: DataReport | None) -> Iterator[dict[str, Any]]:
     convert = CONVERTERS[kind]
     # Recorded up front and counted as rows arrive, so a reader that stops early (the tokenizer's
-    # sample) still leaves a true record of what it read.
-    record = {**file_record(spec), "rows": 0}
+    # sample) still leaves a true record of what it read. Only reported passes hash the files:
+    # counting and split passes would hash a large corpus again for nothing.
+    record: dict[str, Any] = {"rows": 0}
     if report is not None:
+        record.update(file_record(spec))
         report.sources.append(record)
     for raw in read_rows(spec):
         if cfg.columns:
@@ -111,13 +113,19 @@ def _copies_per_row(kind: str, cfg: Any) -> list[float]:
 def _train_stream(kind: str, cfg: Any, references: list[str], report: DataReport) -> Callable[[], Iterator[dict]]:
     from llmpipe.data.clean import RowCleaner
 
-    copies = _copies_per_row(kind, cfg)
+    # Invalid rows of the validation files stay counted; the train files' are recounted each pass.
+    validation_invalid = dict(report.invalid)
+
+    copies: list[float] = []
 
     def rows() -> Iterator[dict[str, Any]]:
+        if not copies:  # counted on the first pass only: a token-cache hit never reads the corpus
+            copies.extend(_copies_per_row(kind, cfg))
         cleaner = RowCleaner(cfg.cleaning, references)
         report.cleaning = cleaner.counts  # live: right even when a reader stops early (tokenizer sample)
         report.sources = [s for s in report.sources if s.get("split") == "validation"]
         report.train_rows = 0
+        report.invalid = Counter(validation_invalid)
         for index, (spec, factor) in enumerate(zip(cfg.train_files, copies)):
             start = len(report.sources)
             for number, row in enumerate(_converted(spec, kind, cfg, report)):

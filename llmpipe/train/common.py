@@ -178,7 +178,7 @@ def fit(trainer: Any, writer: StageWriter, tokenizer: Any, progress: Any) -> Fit
     loss = logged[-1] if logged else (output.training_loss if output is not None else None)
     if loss is not None and not math.isfinite(loss):
         raise RuntimeError(f"{writer.stage}: training loss became {loss}")
-    # Each process saves nothing but the main one writes; save_model handles DDP/FSDP gathering.
+    # Every process calls save_model (it gathers DDP/FSDP shards); only the first one writes.
     trainer.save_model(str(writer.work_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(writer.work_dir))
