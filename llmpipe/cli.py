@@ -46,7 +46,7 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
         if debug:
             raise
         typer.echo(f"error: {e.one_line()}", err=True)
-        raise typer.Exit(EXIT_USER_ERROR) from None
+        raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: the stage's work folder keeps its last checkpoint; rerun to resume", err=True)
         raise typer.Exit(130) from None
@@ -156,16 +156,36 @@ def run(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False,
     def action() -> None:
         recipe = _load(args, None, device)
         run_dir = _run_dir(recipe, out)
+        from llmpipe.eval.probes import check_suites
+
+        check_suites(recipe, ("pretrain", "sft", "align"))
         quiet_libraries()
         from llmpipe import tokenizer as tokenizer_stage
+        from llmpipe.eval.gate import RegressionError
         from llmpipe.summary import render_table
 
-        tokenizer_stage.run(recipe, run_dir, restart=restart)
-        for stage in ("pretrain", "sft", "align"):
-            _stage_module(stage).run(recipe, run_dir, restart=restart)
+        try:
+            tokenizer_stage.run(recipe, run_dir, restart=restart)
+            for stage in ("pretrain", "sft", "align"):
+                _stage_module(stage).run(recipe, run_dir, restart=restart)
+        except RegressionError:
+            _write_report(run_dir)  # the report shows the gate's table of what regressed
+            raise
         _echo(render_table(run_dir))
+        _write_report(run_dir)
 
     _guard(debug, action)
+
+
+def _write_report(run_dir: Path) -> None:
+    from llmpipe.console import is_main_process
+
+    # Under a distributed launch every process gets here; one of them writes the report.
+    if is_main_process():
+        from llmpipe.report import write_report
+
+        written = write_report(run_dir)
+        _echo(f"report: {written['markdown']} (and {written['html'].name})")
 
 
 @app.command()
@@ -177,6 +197,51 @@ def summary(run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. run
         typer.echo(f"error: {run_dir}: run folder not found", err=True)
         raise typer.Exit(EXIT_USER_ERROR)
     typer.echo(render_table(run_dir))
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/tiny.")], debug: DebugOpt = False) -> None:
+    """Write the run's report card (report.md, report.html, PNG plots) into RUN_DIR/report/."""
+
+    def action() -> None:
+        from llmpipe.report import write_report
+
+        for path in write_report(run_dir).values():
+            typer.echo(str(path))
+
+    _guard(debug, action)
+
+
+@app.command("eval")
+def eval_checkpoint(
+    checkpoint: Annotated[Path, typer.Argument(help="A stage folder, e.g. runs/tiny/sft.")],
+    data: Annotated[list[str] | None, typer.Option("--data", help="A text, chat or preference dataset (repeatable).")] = None,
+    probes: Annotated[list[Path] | None, typer.Option("--probes", help="A probe suite JSONL (repeatable).")] = None,
+    against: Annotated[Path | None, typer.Option("--against", help="Another checkpoint to measure side by side.")] = None,
+    samples: Annotated[int, typer.Option(help="Prompts to answer as samples.")] = 3,
+    max_rows: Annotated[int, typer.Option(help="Rows read per dataset.")] = 320,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 16,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per row/block (default: the stage's).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Where to write the JSON (default: CHECKPOINT/eval.json).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    debug: DebugOpt = False,
+) -> None:
+    """Held-out loss / perplexity / bits per byte, probe suites, preference accuracy and samples of a
+    checkpoint (default: on what its stage protected); results go to its manifest and a JSON file."""
+
+    def action() -> None:
+        for name, value in (("--max-rows", max_rows), ("--batch-size", batch_size)):
+            if value < 1:
+                raise UserError("must be >= 1", field=name)
+        quiet_libraries()
+        from llmpipe.eval.evaluate import evaluate, record, render
+
+        evaluation = evaluate(checkpoint, list(data or []), [str(p) for p in probes or []], against, samples, max_rows,
+                              batch_size, max_length, device)
+        typer.echo(render(evaluation))
+        typer.echo(f"written: {record(checkpoint, evaluation, json_out)}")
+
+    _guard(debug, action)
 
 
 @app.command()
@@ -231,6 +296,81 @@ def data_synth(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to 
 
     for name, rows in generate(out, seed=seed).items():
         typer.echo(f"{out / name}: {rows} rows")
+
+
+CheckpointArg = Annotated[Path, typer.Argument(help="A finished stage folder, e.g. runs/tiny/sft.", show_default=False)]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")]
+TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest set of tokens with this much probability.")]
+SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
+ChatDeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+
+
+@app.command()
+def chat(checkpoint: CheckpointArg, system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+         max_new_tokens: MaxNewTokensOpt = 128, temperature: TemperatureOpt = 0.7, top_p: TopPOpt = 0.95,
+         seed: SeedOpt = 0, device: ChatDeviceOpt = "auto", debug: DebugOpt = False) -> None:
+    """Chat with a checkpoint: one user message per line on stdin; /reset clears the history, /exit quits."""
+
+    def action() -> None:
+        from llmpipe.chat import ChatSession, Sampling, chat_loop, load_checkpoint
+
+        sampling = Sampling(max_new_tokens, temperature, top_p, seed)
+        sampling.check()
+        quiet_libraries()
+        model, tokenizer = load_checkpoint(checkpoint, device, need_template=True)
+        session = ChatSession(model, tokenizer, sampling, system)
+        interactive = sys.stdin.isatty()
+        if interactive:
+            typer.echo(f"chatting with {checkpoint}; /reset clears the history, /exit quits", err=True)
+
+        def read_line() -> str:
+            if interactive:
+                typer.echo("> ", nl=False, err=True)
+            return sys.stdin.readline()
+
+        chat_loop(session, read_line, typer.echo, lambda text: typer.echo(text, err=True))
+
+    _guard(debug, action)
+
+
+PromptsOpt = Annotated[Path, typer.Option("--prompts", help="JSONL rows with 'prompt' or 'messages', or a .txt file, one per line.")]
+RepliesOpt = Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file to write (default: stdout).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Prompts per generate call.")]
+RawOpt = Annotated[bool, typer.Option("--raw", help="Continue plain text, without the chat template (pretrain checkpoints).")]
+
+
+@app.command()
+def generate(checkpoint: CheckpointArg, prompts: PromptsOpt, out: RepliesOpt = None, max_new_tokens: MaxNewTokensOpt = 128,
+             temperature: TemperatureOpt = 0.7, top_p: TopPOpt = 0.95, seed: SeedOpt = 0, batch_size: BatchSizeOpt = 16,
+             raw: RawOpt = False, device: ChatDeviceOpt = "auto", debug: DebugOpt = False) -> None:
+    """Generate a reply to every prompt of a file; writes JSONL rows {prompt, reply}."""
+
+    def action() -> None:
+        import json
+
+        from llmpipe.chat import Sampling, generate_rows, load_checkpoint, read_prompts
+
+        sampling = Sampling(max_new_tokens, temperature, top_p, seed)
+        sampling.check()
+        if out is not None and not out.parent.is_dir():
+            raise UserError("output folder does not exist", file=str(out.parent))
+        rows = read_prompts(prompts, raw)
+        quiet_libraries()
+        model, tokenizer = load_checkpoint(checkpoint, device, need_template=not raw)
+        lines = (json.dumps(row, ensure_ascii=False) for row in generate_rows(model, tokenizer, rows, sampling, batch_size, raw))
+        if out is None:
+            for line in lines:
+                typer.echo(line)
+            return
+        text = "".join(line + "\n" for line in lines)
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write: {e.strerror}", file=str(out)) from None
+        typer.echo(f"{out}: {len(rows)} replies", err=True)
+
+    _guard(debug, action)
 
 
 def main() -> None:

@@ -27,6 +27,12 @@ DPO_LOSS_TYPES = (
     "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
 )
 PRECISIONS = ("auto", "bf16", "fp32")
+GATE_ACTIONS = ("stop", "warn", "off")
+ANOMALY_POLICIES = ("rollback", "stop", "skip")
+REPORT_TO = ("tensorboard", "wandb")
+# Settings that observe a stage without changing its weights: a finished stage is not retrained
+# (or refused) when only these differ.
+NOT_IDENTITY = ("gate", "monitor")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DATA = "data"
 
@@ -63,6 +69,19 @@ class CleaningConfig:
 
 
 @dataclass
+class GateConfig:
+    """The regression check of a finished stage against its parent, on the parent's protected
+    held-out sets and probe suites (pretrain's parent is a tokenizer, so pretrain has none)."""
+
+    # stop: the run stops with exit code 3 (the checkpoint is kept); warn: report and go on; off.
+    action: str = "stop"
+    # Largest allowed rise of a protected held-out loss, relative to the parent's (0.5 = +50%).
+    max_loss_increase: float = 0.5
+    # Largest allowed fall of a protected probe suite's (or preference set's) score, absolute.
+    max_probe_drop: float = 0.15
+
+
+@dataclass
 class TrainConfig:
     """Data and optimisation settings every training stage shares."""
 
@@ -91,6 +110,13 @@ class TrainConfig:
     eval_batches: int = 20
     save_every: int = 100
     log_every: int = 10
+    # Probe suites (JSONL, see llmpipe/eval/probes.py) scored during training and protected for the
+    # next stage's regression gate; every `probe_every` steps (0: at every evaluation).
+    probes: list[str] = field(default_factory=list)
+    probe_every: int = 0
+    # Prompts whose greedy continuations are logged with the probes (user turns in chat stages).
+    sample_prompts: list[str] = field(default_factory=list)
+    gate: GateConfig = field(default_factory=GateConfig)
 
 
 @dataclass
@@ -105,6 +131,8 @@ class PretrainConfig(TrainConfig):
     # Web-style corpora repeat themselves; chat and preference rows are short and near-dedup
     # would merge rows that differ in the one word that matters.
     cleaning: CleaningConfig = field(default_factory=lambda: CleaningConfig(near_dedup=True))
+    probes: list[str] = field(default_factory=lambda: [f"{DATA}/probes.text.jsonl"])
+    sample_prompts: list[str] = field(default_factory=lambda: ["The kettle is", "Question: What is 2 plus 3? Answer:"])
 
 
 @dataclass
@@ -119,6 +147,8 @@ class SFTConfig(TrainConfig):
     # Held-out rows with an `answer` field scored by greedy generation, before and after.
     accuracy_rows: int = 100
     max_new_tokens: int = 24
+    probes: list[str] = field(default_factory=lambda: [f"{DATA}/probes.chat.jsonl"])
+    sample_prompts: list[str] = field(default_factory=lambda: ["What colour is the kettle?", "What is 2 plus 3?"])
 
 
 @dataclass
@@ -138,6 +168,27 @@ class AlignConfig(TrainConfig):
     loss_type: str = "sigmoid"
     # Held-out pairs scored by "does the model give the chosen reply the higher log-likelihood".
     preference_rows: int = 200
+    probes: list[str] = field(default_factory=lambda: [f"{DATA}/probes.chat.jsonl"])
+    sample_prompts: list[str] = field(default_factory=lambda: ["What colour is the kettle?", "What is 2 plus 3?"])
+
+
+@dataclass
+class MonitorConfig:
+    """Logging and the loss guard of every training stage (not part of a stage's identity)."""
+
+    # tensorboard (event files in <stage>/tensorboard) and/or wandb; [] for neither.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # A NaN/inf loss or gradient, or a loss above spike_factor x the median of the last
+    # spike_window steps, always has its update dropped; then: skip (go on), stop (exit code 3, last
+    # good checkpoint kept) or rollback (resume from the last checkpoint with the learning rate
+    # scaled by rollback_lr_factor, dropping the offending batch; at most max_rollbacks times).
+    on_anomaly: str = "rollback"
+    spike_factor: float = 3.0
+    spike_window: int = 20
+    max_rollbacks: int = 3
+    rollback_lr_factor: float = 0.5
+    # Peak TFLOP/s per device for MFU; 0: a known GPU's data sheet, else measured once per machine.
+    peak_tflops: float = 0.0
 
 
 @dataclass
@@ -153,6 +204,7 @@ class Recipe:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     # Where the recipe came from, for error messages; not a setting.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -164,7 +216,7 @@ class Recipe:
         """
         shared: dict[str, Any] = {}
         if stage != "tokenizer":  # tokenizer training depends on its data and sizes alone
-            shared = {"seed": self.seed, "precision": self.precision}
+            shared = {"seed": self.seed, "precision": self.precision, "monitor": dataclasses.asdict(self.monitor)}
         if stage == "pretrain":
             shared["model"] = self.model
         return {**shared, stage: dataclasses.asdict(getattr(self, stage))}
@@ -318,7 +370,10 @@ def _coerce(value: Any, kind: Any, dotted: str, source: str) -> Any:
         except (TypeError, ValueError):
             raise bad("a number") from None
     if kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare off/on/no/yes as a boolean; in a text setting it meant the word.
+            return "on" if value else "off"
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise bad("a string")
     if typing.get_origin(kind) is list:
@@ -377,6 +432,11 @@ def validate(recipe: Recipe) -> None:
         need(clean.near_dedup_ngram >= 1 and clean.decontaminate_ngram >= 1, f"{stage}.cleaning.near_dedup_ngram",
              "n-gram sizes must be >= 1")
         need(16 <= clean.near_dedup_permutations <= 1024, f"{stage}.cleaning.near_dedup_permutations", "must be in [16, 1024]")
+        need(cfg.probe_every >= 0, f"{stage}.probe_every", "must be >= 0 (0: at every evaluation)")
+        need(cfg.gate.action in GATE_ACTIONS, f"{stage}.gate.action", f"must be one of {', '.join(GATE_ACTIONS)}")
+        need(cfg.gate.max_loss_increase >= 0, f"{stage}.gate.max_loss_increase", "must be >= 0 (a relative rise)")
+        need(0 <= cfg.gate.max_probe_drop <= 1, f"{stage}.gate.max_probe_drop", "must be in [0, 1]")
+    _validate_monitor(recipe.monitor, need)
     need(recipe.sft.accuracy_rows >= 0, "sft.accuracy_rows", "must be >= 0")
     need(recipe.sft.max_new_tokens >= 1, "sft.max_new_tokens", "must be >= 1")
     al = recipe.align
@@ -384,3 +444,27 @@ def validate(recipe: Recipe) -> None:
     need(al.beta > 0, "align.beta", "must be > 0")
     need(al.loss_type in DPO_LOSS_TYPES, "align.loss_type", f"must be one of {', '.join(DPO_LOSS_TYPES)}")
     need(al.preference_rows >= 0, "align.preference_rows", "must be >= 0")
+
+
+def _validate_monitor(mon: MonitorConfig, need: Any) -> None:
+    import importlib.util
+
+    for target in mon.report_to:
+        need(target in REPORT_TO, "monitor.report_to", f"unknown target {target!r}; choose from {', '.join(REPORT_TO)}")
+        need(importlib.util.find_spec(target) is not None, "monitor.report_to",
+             f"{target} is not installed (pip install {target}, or drop it from monitor.report_to)")
+    need(mon.on_anomaly in ANOMALY_POLICIES, "monitor.on_anomaly", f"must be one of {', '.join(ANOMALY_POLICIES)}")
+    need(mon.spike_factor > 1, "monitor.spike_factor", "must be > 1")
+    need(mon.spike_window >= 2, "monitor.spike_window", "must be >= 2")
+    need(mon.max_rollbacks >= 0, "monitor.max_rollbacks", "must be >= 0")
+    need(0 < mon.rollback_lr_factor <= 1, "monitor.rollback_lr_factor", "must be in (0, 1]")
+    need(mon.peak_tflops >= 0, "monitor.peak_tflops", "must be >= 0 (0: measured or known)")
+
+
+def stage_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """A stage config without the NOT_IDENTITY settings: what decides whether two runs are the same."""
+    return {
+        key: stage_identity(value) if isinstance(value, dict) else value
+        for key, value in config.items()
+        if key not in NOT_IDENTITY
+    }

@@ -8,10 +8,14 @@ llmpipe and keeps its traceback.
 from __future__ import annotations
 
 EXIT_USER_ERROR = 2
+# A stage ran but its result failed a check (regression gate, diverged loss): exit code 3.
+EXIT_CHECK_FAILED = 3
 
 
 class UserError(Exception):
     """A mistake the user can fix, located as precisely as we know (file, line, field)."""
+
+    exit_code = EXIT_USER_ERROR
 
     def __init__(
         self,

@@ -71,8 +71,11 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
 
 
 def manifest_sha(stage_dir: Path) -> str:
-    """sha256 of a stage's manifest file: the identity a child records for its parent."""
-    return sha256_file(Path(stage_dir) / MANIFEST)
+    """sha256 of a stage's manifest without its `eval` results: the identity a child records for its
+    parent, unchanged when the parent is evaluated later."""
+    manifest = json.loads((Path(stage_dir) / MANIFEST).read_text(encoding="utf-8"))
+    manifest.pop("eval", None)
+    return sha256_text(json.dumps(manifest, sort_keys=True, default=str))
 
 
 def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> Path:
@@ -192,6 +195,21 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return lines
 
 
+def newest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The trainer checkpoint with the highest step in `checkpoints_dir`, or None."""
+    checkpoints = sorted(
+        (p for p in Path(checkpoints_dir).glob("checkpoint-*") if p.is_dir()),
+        key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
+    )
+    return checkpoints[-1] if checkpoints else None
+
+
+def _same_settings(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    from llmpipe.config import stage_identity
+
+    return old is not None and stage_identity(old) == stage_identity(new)
+
+
 @dataclass
 class StageWriter:
     """Owns one stage's folders: decides skip/resume/refuse, writes the manifest, swaps into place.
@@ -262,13 +280,15 @@ class StageWriter:
                 hint="choose another run folder with --out",
             )
         same_parent = (old.get("parent") or {}).get("manifest_sha256") == parent_sha
-        if old.get("config") == self.config and same_parent and not self.restart:
+        if _same_settings(old.get("config"), self.config) and same_parent and not self.restart:
             self.skip = True
             return
         if self.restart or not same_parent:
             # A new parent makes the old result stale; it is replaced only when this run succeeds.
             return
-        diff = config_diff(old.get("config") or {}, self.config)
+        from llmpipe.config import stage_identity
+
+        diff = config_diff(stage_identity(old.get("config") or {}), stage_identity(self.config))
         raise UserError(
             f"already holds a finished {self.stage} trained with other settings ({'; '.join(diff[:3])})",
             file=str(self.final_dir),
@@ -280,7 +300,7 @@ class StageWriter:
         if not is_main_process():
             self._find_resume_checkpoint()
             return
-        if self.work_dir.exists() and not self.restart and old is not None and old.get("config") == self.config:
+        if self.work_dir.exists() and not self.restart and old is not None and _same_settings(old.get("config"), self.config):
             self._find_resume_checkpoint()
             return
         if self.work_dir.exists():
@@ -288,11 +308,7 @@ class StageWriter:
         self.work_dir.mkdir(parents=True)
 
     def _find_resume_checkpoint(self) -> None:
-        checkpoints = sorted(
-            (p for p in (self.work_dir / "checkpoints").glob("checkpoint-*") if p.is_dir()),
-            key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
-        )
-        self.resume_from = checkpoints[-1] if checkpoints else None
+        self.resume_from = newest_checkpoint(self.checkpoints_dir)
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -355,11 +371,18 @@ def run_stage(stage: str, section: str, recipe: Any, run_dir: Path, parent: str 
     """The frame every stage shares: find and check the parent, skip a stage already complete,
     otherwise call `train(recipe, writer, parent_dir)` with failures recorded in the manifest."""
     from llmpipe.console import say
+    from llmpipe.eval.probes import check_suites
 
+    check_suites(recipe, (section,))
     parent_dir = resolve_parent(stage, run_dir, parent) if PARENTS[stage] else None
     writer = StageWriter(run_dir, stage, recipe.stage_config(section), parent=parent_dir, restart=restart)
     if writer.skip:
         say(f"{stage}: complete in {writer.final_dir}, skipping")
+        gate = (read_manifest(writer.final_dir) or {}).get("gate") or {}
+        if gate and not gate.get("passed") and getattr(recipe, section).gate.action == "stop":
+            from llmpipe.eval.gate import regression_error
+
+            raise regression_error(stage, writer.final_dir, gate)
         return writer.final_dir
     with writer:
         return train(recipe, writer, parent_dir)

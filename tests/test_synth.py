@@ -12,7 +12,7 @@ REPO_DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
 FILES = [
     "pretrain.train.jsonl", "pretrain.validation.jsonl",
     "sft.train.jsonl", "sft.validation.jsonl",
-    "prefs.train.jsonl", "prefs.validation.jsonl",
+    "prefs.train.jsonl", "prefs.validation.jsonl", "probes.text.jsonl", "probes.chat.jsonl",
 ]
 
 

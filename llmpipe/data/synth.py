@@ -381,6 +381,37 @@ def _pref_rows(rng: random.Random, pool: list[tuple], n: int) -> list[dict]:
     return rows
 
 
+# The statement prefix each probe completes; the answer word follows it.
+PROBE_PREFIX = {"colour": "The {e} is", "sound": "The {e} says", "town": "{e} lives in", "job": "{e} is a", "sum": "{a} plus {b} is"}
+PROBE_ROWS = 40
+
+
+def _probe_rows(seed: int) -> dict[str, list[dict]]:
+    """Probe suites (see llmpipe.eval.probes) over a fixed sample of the world's facts.
+
+    `probes.text.jsonl` asks a base model to complete a statement, scored by which answer word it
+    finds most likely; `probes.chat.jsonl` asks the chat question, half scored by the greedy reply
+    containing the answer and half by the most likely canonical reply sentence. A separate random
+    stream keeps the training files byte-identical to what they were before probes existed.
+    """
+    rng = random.Random(f"probes-{seed}")
+    facts = rng.sample(build_world(seed), PROBE_ROWS)
+    text, chat = [], []
+    for i, fact in enumerate(facts):
+        family, entity, value = fact
+        vocab = [str(n) for n in range(2, 2 * SUM_MAX + 1)] if family == "sum" else _vocab(family)
+        prefix = _fill(PROBE_PREFIX[family], fact, value, "")
+        text.append({"name": f"{family}-{i}", "prompt": prefix, "check": "choice",
+                     "choices": [f" {v}" for v in vocab], "answer": f" {value}"})
+        question = _question(rng, fact)
+        if i % 2 == 0:
+            chat.append({"name": f"{family}-{i}", "format": "chat", "prompt": question, "check": "contains", "answer": value})
+        else:
+            chat.append({"name": f"{family}-{i}", "format": "chat", "prompt": question, "check": "choice",
+                         "choices": [reply(fact, v) for v in vocab], "answer": reply(fact)})
+    return {"probes.text.jsonl": text, "probes.chat.jsonl": chat}
+
+
 def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
     """Write rows as UTF-8 JSON lines with LF endings on every platform."""
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
@@ -391,7 +422,7 @@ def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
 def generate(out_dir: pathlib.Path, seed: int = 0) -> dict[str, int]:
     """Write the six dataset files into `out_dir` and return {filename: row_count}.
 
-    Files: pretrain/sft/prefs x train/validation, as JSON lines. The output is
+    Files: pretrain/sft/prefs x train/validation, as JSON lines, and two probe suites. The output is
     byte-identical for the same seed. Every step draws from one local
     random.Random in a fixed order, so no global random state is touched.
     """
@@ -413,6 +444,7 @@ def generate(out_dir: pathlib.Path, seed: int = 0) -> dict[str, int]:
         "prefs.train.jsonl": _pref_rows(rng, train_facts, PREF_ROWS["train"]),
         "prefs.validation.jsonl": _pref_rows(rng, held_facts, PREF_ROWS["validation"]),
     }
+    datasets.update(_probe_rows(seed))
     for name, rows in datasets.items():
         _write_jsonl(out_dir / name, rows)
     return {name: len(rows) for name, rows in datasets.items()}

@@ -31,28 +31,50 @@ def generate_replies(
     model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 32
 ) -> list[str]:
     """Greedy replies to chat prompts, rendered with the tokenizer's chat template."""
+    ids = [chat_ids(tokenizer, p) for p in prompts]
+    return generate_from_ids(model, tokenizer, ids, max_new_tokens, batch_size)
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]], completion: list[dict[str, str]] | None = None) -> list[int]:
+    """Token ids of a conversation rendered by the chat template; without `completion`, ends with the
+    assistant's generation prompt, with it, ends after the completion's turns."""
+    if completion is None:
+        return tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+    return tokenizer.apply_chat_template(messages + completion, tokenize=True, return_dict=False)
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of plain text as pretraining saw the start of a document: <bos> then the text."""
+    return [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def generate_from_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """Greedy continuations of tokenized prompts (left-padded in batches, cut to fit the context)."""
     import torch
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge of every row
     # The model's own generation config carries the end-of-turn stop; greedy for reproducibility.
     config = copy.deepcopy(model.generation_config)
     config.max_new_tokens, config.do_sample = max_new_tokens, False
+    config.temperature = config.top_p = config.top_k = None
+    room = max(getattr(model.config, "n_positions", 1024) - max_new_tokens, 1)
+    pad = tokenizer.pad_token_id
     replies = []
     try:
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            chunk = [p[-room:] for p in prompts[start : start + batch_size]]
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(chunk):  # left padding: generation continues from the right edge
+                ids[i, width - len(p) :] = torch.tensor(p)
+                mask[i, width - len(p) :] = 1
             with torch.no_grad():
-                out = model.generate(**batch, generation_config=config)
-            new = out[:, batch["input_ids"].shape[1] :]
-            replies += tokenizer.batch_decode(new, skip_special_tokens=True)
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            replies += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
     return replies
 
@@ -70,17 +92,22 @@ def answer_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_
     return {"accuracy": sum(hits) / len(hits), "rows": len(rows), "samples": samples}
 
 
-def _completion_logps(model: Any, tokenizer: Any, prompts: list[list[dict]], completions: list[list[dict]], batch_size: int) -> list[float]:
+def continuation_logps(model: Any, pad_id: int, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16) -> list[float]:
+    """Summed log-probability of each `full` sequence's tokens after its `prefix` (pairs of id lists).
+
+    Sequences longer than the context keep their end; at least the last token is always scored."""
     import torch
 
     device = next(model.parameters()).device
+    limit = getattr(model.config, "n_positions", 1024)
     sequences, starts = [], []
-    for prompt, completion in zip(prompts, completions):
-        prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False)
-        full_ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False)
-        limit = model.config.n_positions
-        sequences.append(full_ids[-limit:])
-        starts.append(max(len(prompt_ids) - max(len(full_ids) - limit, 0), 1))
+    for prefix, full in pairs:
+        common = 0
+        while common < min(len(prefix), len(full)) and prefix[common] == full[common]:
+            common += 1  # BPE may merge across the boundary: score from where the two differ
+        cut = max(len(full) - limit, 0)
+        sequences.append(full[cut:])
+        starts.append(min(max(common - cut, 1), len(full) - cut - 1))
     totals = []
     was_training = model.training
     model.eval()
@@ -88,7 +115,7 @@ def _completion_logps(model: Any, tokenizer: Any, prompts: list[list[dict]], com
         for b in range(0, len(sequences), batch_size):
             chunk = sequences[b : b + batch_size]
             width = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for i, s in enumerate(chunk):
                 ids[i, : len(s)] = torch.tensor(s)
@@ -98,11 +125,15 @@ def _completion_logps(model: Any, tokenizer: Any, prompts: list[list[dict]], com
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
             logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             for i, s in enumerate(chunk):
-                start = starts[b + i]
-                totals.append(logps[i, start - 1 : len(s) - 1].sum().item())
+                totals.append(logps[i, starts[b + i] - 1 : len(s) - 1].sum().item())
     finally:
         model.train(was_training)
     return totals
+
+
+def _completion_logps(model: Any, tokenizer: Any, prompts: list[list[dict]], completions: list[list[dict]], batch_size: int) -> list[float]:
+    pairs = [(chat_ids(tokenizer, p), chat_ids(tokenizer, p, c)) for p, c in zip(prompts, completions)]
+    return continuation_logps(model, tokenizer.pad_token_id, pairs, batch_size)
 
 
 def preference_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> dict[str, Any]:

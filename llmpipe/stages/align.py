@@ -25,7 +25,16 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from llmpipe.data.pipeline import heldout_texts, load_rows
     from llmpipe.eval.metrics import preference_accuracy
     from llmpipe.stages.sft import load_chat_tokenizer
-    from llmpipe.train.common import attach_progress, fit, last_eval, limit_rows, set_generation_stops, summary, training_arguments
+    from llmpipe.train.common import (
+        attach_monitor,
+        complete,
+        fit,
+        last_eval,
+        limit_rows,
+        set_generation_stops,
+        summary,
+        training_arguments,
+    )
 
     cfg = recipe.align
     tokenizer = load_chat_tokenizer(parent_dir)
@@ -52,11 +61,12 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         eval_dataset=Dataset.from_list(limit_rows(data.validation, cfg)),
         processing_class=tokenizer,
     )
-    progress = attach_progress(trainer, "dpo", cfg.max_steps)
+    # MFU counts the frozen reference's forward pass (2 of the policy's 6 FLOPs per parameter).
+    monitor = attach_monitor(trainer, recipe, cfg, writer, tokenizer, chat=True, flops_scale=8 / 6)
     scored = data.validation[: cfg.preference_rows]
     before = preference_accuracy(trainer.model, tokenizer, scored) if writer.resume_from is None else {}
-    result = fit(trainer, writer, tokenizer, progress)
-    final_eval = last_eval(trainer, progress)
+    result = fit(trainer, writer, tokenizer, monitor)
+    final_eval = last_eval(trainer, monitor)
     after = preference_accuracy(trainer.model, tokenizer, scored)
 
     writer.manifest["metrics"] = {
@@ -75,4 +85,6 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         f"reward accuracy {final_eval.get('eval_rewards/accuracies')}, margin {final_eval.get('eval_rewards/margins')}"
     )
     metric = {"name": "held-out preference accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
-    return writer.finish(summary(result, final_eval.get("eval_loss"), metric))
+    heldout = [("preference-validation", "preference", limit_rows(data.validation, cfg))]
+    return complete(writer, cfg, trainer.model, tokenizer, parent_dir, summary(result, final_eval.get("eval_loss"), metric),
+                    heldout, monitor)

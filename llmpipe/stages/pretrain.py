@@ -102,7 +102,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     from llmpipe.data.pipeline import heldout_texts, stream_text
     from llmpipe.models import build_config, count_parameters, flops_per_token
-    from llmpipe.train.common import attach_progress, fit, last_eval, summary, training_arguments
+    from llmpipe.train.common import attach_monitor, complete, fit, last_eval, summary, training_arguments
 
     cfg = recipe.pretrain
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)
@@ -142,10 +142,10 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         eval_dataset=BlockDataset(val_blocks),
         processing_class=tokenizer,
     )
-    progress = attach_progress(trainer, "pretrain", cfg.max_steps, bits_per_byte_factor=tokens_per_byte / math.log(2))
+    monitor = attach_monitor(trainer, recipe, cfg, writer, tokenizer, chat=False, bits_per_byte_factor=tokens_per_byte / math.log(2))
     before = trainer.evaluate()["eval_loss"] if writer.resume_from is None else None
-    result = fit(trainer, writer, tokenizer, progress)
-    after = last_eval(trainer, progress)["eval_loss"]
+    result = fit(trainer, writer, tokenizer, monitor)
+    after = last_eval(trainer, monitor)["eval_loss"]
 
     def bpb(loss: float | None) -> float | None:
         return None if loss is None else round(loss * tokens_per_byte / math.log(2), 4)
@@ -161,4 +161,13 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     writer.manifest["evals"] = result.history
     metric = {"name": "held-out bits/byte", "before": bpb(before), "after": bpb(after)}
     say(f"pretrain: validation loss {after:.4f}, {bpb(after)} bits/byte")
-    return writer.finish(summary(result, after, metric))
+    # Children are gated on the documents behind the validation blocks (about as many bytes).
+    budget = len(val_blocks) * cfg.max_length / tokens_per_byte
+    kept, size = [], 0
+    for text in val_texts:
+        if size >= budget:
+            break
+        kept.append({"text": text})
+        size += len(text.encode("utf-8"))
+    heldout = [("pretrain-validation", "text", kept)]
+    return complete(writer, cfg, trainer.model, tokenizer, None, summary(result, after, metric), heldout, monitor)

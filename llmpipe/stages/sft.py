@@ -61,7 +61,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     from llmpipe.data.pipeline import heldout_texts, load_rows
     from llmpipe.eval.metrics import answer_accuracy
-    from llmpipe.train.common import attach_progress, fit, last_eval, limit_rows, set_generation_stops, summary
+    from llmpipe.train.common import attach_monitor, complete, fit, last_eval, limit_rows, set_generation_stops, summary
     from llmpipe.train.packing import use_packed_blocks
 
     cfg = recipe.sft
@@ -82,12 +82,12 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     )
     if cfg.packing:
         use_packed_blocks(trainer, tokenizer, cfg.max_length)
-    progress = attach_progress(trainer, "sft", cfg.max_steps)
+    monitor = attach_monitor(trainer, recipe, cfg, writer, tokenizer, chat=True)
     scored = data.validation[: cfg.accuracy_rows]
     before = answer_accuracy(trainer.model, tokenizer, scored, cfg.max_new_tokens) if writer.resume_from is None else {}
     val_before = trainer.evaluate()["eval_loss"] if writer.resume_from is None else None
-    result = fit(trainer, writer, tokenizer, progress)
-    val_after = last_eval(trainer, progress)["eval_loss"]
+    result = fit(trainer, writer, tokenizer, monitor)
+    val_after = last_eval(trainer, monitor)["eval_loss"]
     after = answer_accuracy(trainer.model, tokenizer, scored, cfg.max_new_tokens)
 
     writer.manifest["metrics"] = {
@@ -104,4 +104,5 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     else:
         metric = {"name": "held-out answer accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
         say(f"sft: answer accuracy {before.get('accuracy')} -> {after['accuracy']:.3f} on {after['rows']} held-out rows")
-    return writer.finish(summary(result, val_after, metric))
+    heldout = [("sft-validation", "chat", limit_rows(data.validation, cfg))]
+    return complete(writer, cfg, trainer.model, tokenizer, parent_dir, summary(result, val_after, metric), heldout, monitor)

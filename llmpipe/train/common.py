@@ -7,9 +7,9 @@ module keeps their settings in one place so that the stages read as data -> mode
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llmpipe.config import Recipe, TrainConfig
@@ -69,7 +69,8 @@ def training_arguments(args_class: type, cfg: TrainConfig, recipe: Recipe, write
         save_steps=cfg.save_every,
         save_total_limit=2,
         logging_steps=cfg.log_every,
-        report_to="none",
+        # TensorBoard is attached by the monitor (its files must live in the stage folder).
+        report_to=["wandb"] if "wandb" in recipe.monitor.report_to else "none",
         disable_tqdm=True,
         seed=recipe.seed,
         data_seed=recipe.seed,
@@ -97,98 +98,116 @@ class FitResult:
         return self.tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
-def attach_progress(trainer: Any, stage: str, total_steps: int, bits_per_byte_factor: float | None = None) -> Any:
-    """Replace the trainer's raw-dict printer with one terse line per log and eval; returns the
-    callback, which also keeps the log history for the manifest.
+def attach_monitor(trainer: Any, recipe: Recipe, cfg: TrainConfig, writer: StageWriter, tokenizer: Any, *, chat: bool,
+                   flops_scale: float = 1.0, bits_per_byte_factor: float | None = None) -> Any:
+    """Attach the training monitor (progress, TensorBoard, probes, samples, NaN/spike guard) to a
+    stage's trainer; returns it. `flops_scale` counts extra forward passes per trained token (DPO's
+    reference model) in MFU; with `bits_per_byte_factor` every evaluation also reports `eval_bpb`."""
+    from llmpipe.eval.probes import load_suite, suite_name
+    from llmpipe.models import flops_per_token
+    from llmpipe.train.monitor import MonitorSetup
+    from llmpipe.train.monitor import attach_monitor as attach
 
-    With `bits_per_byte_factor` (tokens per byte / ln 2), every evaluation also reports `eval_bpb`.
-    """
-    from transformers.trainer_callback import PrinterCallback
+    setup = MonitorSetup(
+        stage=writer.stage,
+        total_steps=cfg.max_steps,
+        flops_per_token=flops_per_token(trainer.model, cfg.max_length) * flops_scale,
+        bits_per_byte_factor=bits_per_byte_factor,
+        probe_suites={suite_name(path): load_suite(path) for path in cfg.probes},
+        probe_every=cfg.probe_every or cfg.eval_every,
+        sample_prompts=cfg.sample_prompts,
+        chat=chat,
+        max_new_tokens=getattr(cfg, "max_new_tokens", 24),
+    )
+    return attach(trainer, setup, recipe, tokenizer, writer.work_dir)
 
-    trainer.remove_callback(PrinterCallback)
-    progress = _progress_callback(stage, total_steps, bits_per_byte_factor)
-    trainer.add_callback(progress)
-    return progress
 
-
-def last_eval(trainer: Any, progress: Any) -> dict[str, Any]:
+def last_eval(trainer: Any, monitor: Any) -> dict[str, Any]:
     """Metrics of an evaluation at the final step: the trainer's own if it just ran one, else a new one."""
-    evals = [h for h in progress.history if "eval_loss" in h]
+    evals = [h for h in monitor.history if "eval_loss" in h]
     if evals and evals[-1]["step"] == trainer.state.global_step:
         return evals[-1]
     return trainer.evaluate()
 
 
-def _progress_callback(stage: str, total_steps: int, bpb_factor: float | None) -> Any:
-    from transformers import TrainerCallback
-
-    class Progress(TrainerCallback):
-        def __init__(self) -> None:
-            self.history: list[dict[str, Any]] = []
-            self.started = time.time()
-            self.tokens_at_start = 0
-            self.step_at_start = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.time()
-            self.tokens_at_start = state.num_input_tokens_seen or 0
-            self.step_at_start = state.global_step  # > 0 when resuming
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = dict(logs or {})
-            if bpb_factor is not None and "eval_loss" in logs:
-                logs["eval_bpb"] = round(logs["eval_loss"] * bpb_factor, 4)
-            self.history.append({"step": state.global_step, **logs})
-            if not state.is_world_process_zero:
-                return
-            elapsed = max(time.time() - self.started, 1e-9)
-            if "loss" in logs:
-                rate = ((state.num_input_tokens_seen or 0) - self.tokens_at_start) / elapsed
-                remaining = (total_steps - state.global_step) * elapsed / max(state.global_step - self.step_at_start, 1)
-                say(
-                    f"{stage:9s} step {state.global_step:>5}/{total_steps} | loss {logs['loss']:.4f} | "
-                    f"lr {logs.get('learning_rate', 0):.2e} | grad {logs.get('grad_norm', float('nan')):.2f} | "
-                    f"{rate:,.0f} tok/s | eta {remaining:,.0f}s"
-                )
-            elif "eval_loss" in logs:
-                extra = "".join(
-                    f" | {k.removeprefix('eval_')} {v:.4f}" for k, v in logs.items()
-                    if (k.startswith("eval_rewards/") or k == "eval_bpb") and isinstance(v, float)
-                )
-                say(f"{stage:9s} step {state.global_step:>5}/{total_steps} | val loss {logs['eval_loss']:.4f}{extra}")
-
-    return Progress()
-
-
-def fit(trainer: Any, writer: StageWriter, tokenizer: Any, progress: Any) -> FitResult:
+def fit(trainer: Any, writer: StageWriter, tokenizer: Any, monitor: Any) -> FitResult:
     """Train (resuming from the newest checkpoint of an interrupted run), then save model + tokenizer.
 
-    The checkpoint goes to the work folder; `writer.finish` moves it into place once the stage's
-    metrics are written.
+    A NaN or spiking loss is handled by the monitor's policy: `rollback` resumes from the last
+    checkpoint with a lower learning rate; `stop`, or no checkpoint to go back to, raises
+    TrainingDiverged with the last good checkpoint left in the work folder. The model goes to the
+    work folder; `writer.finish` moves it into place once the stage's metrics are written.
     """
-    if writer.resume_from is not None:
-        say(f"{writer.stage:9s} resuming from {writer.resume_from}")
+    from llmpipe.runs import newest_checkpoint
+    from llmpipe.train.monitor import TrainingDiverged
+
+    resume, guard, policy = writer.resume_from, monitor.guard, writer.config.get("monitor", {})
+    if resume is not None:
+        say(f"{writer.stage:9s} resuming from {resume}")
     started = time.time()
-    output = trainer.train(resume_from_checkpoint=str(writer.resume_from) if writer.resume_from else None)
+    while True:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if guard.pending is None:
+            break
+        last_good = newest_checkpoint(writer.checkpoints_dir)
+        bad = guard.anomalies[-1]
+        if guard.pending == "rollback" and last_good is not None and guard.rollbacks < policy.get("max_rollbacks", 0):
+            guard.prepare_rollback()
+            say(f"{writer.stage:9s} rolling back to {last_good.name} with the learning rate x{guard.lr_scale:g}, "
+                f"dropping step {bad['step']}'s batch (rollback {guard.rollbacks})")
+            resume = last_good
+            continue
+        why = "no checkpoint to roll back to" if last_good is None else (
+            f"after {guard.rollbacks} rollbacks" if guard.pending == "rollback" else "policy stop")
+        raise TrainingDiverged(
+            f"{writer.stage}: loss {'not finite' if bad['kind'] == 'nan' else 'spiked'} at step {bad['step']} "
+            f"({bad['loss']:.4g}); stopped, {why}",
+            file=str(last_good or writer.work_dir),
+            hint="the last good checkpoint is kept and a rerun resumes from it; lower the learning rate "
+            "(a new value retrains from scratch) or set monitor.on_anomaly=rollback",
+        )
     wall = time.time() - started
     state = trainer.state
     # The loss of the last logging window says where training ended; the trainer's own
     # `training_loss` averages over the whole run, early high losses included.
-    logged = [h["loss"] for h in progress.history if "loss" in h]
+    logged = [h["loss"] for h in monitor.history if "loss" in h]
     loss = logged[-1] if logged else (output.training_loss if output is not None else None)
-    if loss is not None and not math.isfinite(loss):
-        raise RuntimeError(f"{writer.stage}: training loss became {loss}")
     # Every process calls save_model (it gathers DDP/FSDP shards); only the first one writes.
     trainer.save_model(str(writer.work_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(writer.work_dir))
     return FitResult(
         steps=state.global_step,
-        tokens=int(state.num_input_tokens_seen or 0) - int(progress.tokens_at_start),
+        tokens=int(state.num_input_tokens_seen or 0) - int(monitor.progress.tokens_at_start),
         wall_seconds=wall,
         train_loss=loss,
-        history=progress.history,
+        history=monitor.history,
     )
+
+
+def complete(writer: StageWriter, cfg: TrainConfig, model: Any, tokenizer: Any, parent_dir: Path | None,
+             stage_summary: dict[str, Any], heldout: list[tuple[str, str, list[dict[str, Any]]]], monitor: Any) -> Path:
+    """Finish a trained stage: keep its protected sets, record the monitor's findings, run the
+    regression gate against the parent, and swap the checkpoint into place.
+
+    A failed gate with action `stop` raises RegressionError after the swap: the checkpoint is kept
+    (its manifest says what regressed) and the run stops before the next stage."""
+    from llmpipe.eval.gate import protect, regression_error, run_gate
+
+    writer.manifest["protected"] = protect(writer.work_dir, heldout, cfg.probes, cfg.max_length)
+    writer.manifest["monitor"] = monitor.manifest()
+    if monitor.prober is not None:
+        writer.manifest["probes"] = monitor.prober.records
+        writer.manifest["samples"] = monitor.prober.samples
+    gate = run_gate(parent_dir, model, tokenizer, cfg.gate, cfg.batch_size) if parent_dir is not None else None
+    if gate is not None:
+        writer.manifest["gate"] = gate
+    final = writer.finish(stage_summary)
+    if gate is not None and not gate["passed"]:
+        if cfg.gate.action == "stop":
+            raise regression_error(writer.stage, final, gate)
+        say(f"{writer.stage:9s} regressed against {gate['parent_stage']}, going on (gate.action={cfg.gate.action})")
+    return final
 
 
 def summary(fit_result: FitResult, val_loss: float | None, metric: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""Held-out measures of a checkpoint on a dataset: loss, perplexity and bits per byte on text,
+assistant-token loss on chat, preference accuracy on pairs.
+
+Computed here (not by a trainer's evaluate) so that `llmpipe eval`, the regression gate and the
+stages measure two checkpoints with the same code on the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _token_losses(model: Any, ids: Any, labels: Any, batch_size: int) -> tuple[float, int]:
+    """Summed next-token loss over labelled positions, and their count."""
+    import torch
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for b in range(0, len(ids), batch_size):
+            x, y = ids[b : b + batch_size].to(device), labels[b : b + batch_size].to(device)
+            with torch.no_grad():
+                # Rows are right-padded and attention is causal: padding never reaches a scored token.
+                logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits.float()
+            target = y[:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            total += loss.item()
+            count += int((target != -100).sum())
+    finally:
+        model.train(was_training)
+    return total, count
+
+
+def _summary(total: float, count: int, n_bytes: int | None = None) -> dict[str, Any]:
+    loss = total / count if count else float("nan")
+    out = {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3), "tokens": count}
+    if n_bytes:
+        out["bpb"] = round(total / n_bytes / math.log(2), 4)
+    return out
+
+
+def text_loss(model: Any, tokenizer: Any, texts: list[str], block_size: int, max_blocks: int, batch_size: int = 16) -> dict[str, Any]:
+    """Loss, perplexity and bits per byte on documents packed as pretraining packs them.
+
+    Bits per byte divides the summed loss by the bytes the scored tokens stand for (estimated from
+    the tokens-per-byte of the whole set), so it compares across tokenizers."""
+    from llmpipe.stages.pretrain import pack_blocks
+
+    blocks, n_tokens = pack_blocks(tokenizer, texts, block_size)
+    blocks = blocks[:max_blocks]
+    if len(blocks) == 0:
+        return {"loss": None, "perplexity": None, "tokens": 0}
+    total, count = _token_losses(model, blocks, blocks, batch_size)
+    bytes_per_token = sum(len(t.encode("utf-8")) for t in texts) / n_tokens
+    # Each block of n tokens scores n - 1 predictions, standing for that many tokens' bytes.
+    return _summary(total, count, round(count * bytes_per_token))
+
+
+def chat_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length: int, batch_size: int = 16) -> dict[str, Any]:
+    """Loss and perplexity on the assistant tokens of chat rows (the tokens SFT trains on)."""
+    import torch
+
+    encoded = []
+    for row in rows:
+        out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, mask = out["input_ids"][:max_length], out["assistant_masks"][:max_length]
+        if any(mask[1:]):
+            encoded.append((ids, [t if m else -100 for t, m in zip(ids, mask)]))
+    if not encoded:
+        return {"loss": None, "perplexity": None, "tokens": 0}
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    for i, (row_ids, row_labels) in enumerate(encoded):
+        ids[i, : len(row_ids)] = torch.tensor(row_ids)
+        labels[i, : len(row_labels)] = torch.tensor(row_labels)
+    return _summary(*_token_losses(model, ids, labels, batch_size))
+
+
+def measure(model: Any, tokenizer: Any, kind: str, rows: list[dict[str, Any]], max_length: int, batch_size: int = 16,
+            max_rows: int = 320) -> dict[str, Any]:
+    """The headline measures of `kind` (text, chat or preference) rows; `value` is the one compared."""
+    from llmpipe.eval.metrics import preference_accuracy
+
+    rows = rows[:max_rows]
+    if kind == "text":
+        result = text_loss(model, tokenizer, [r["text"] for r in rows], max_length, max_rows, batch_size)
+        return {"kind": "loss", "value": result["loss"], **result}
+    if kind == "chat":
+        result = chat_loss(model, tokenizer, rows, max_length, batch_size)
+        return {"kind": "loss", "value": result["loss"], **result}
+    result = preference_accuracy(model, tokenizer, rows, batch_size)
+    return {"kind": "score", "value": result["accuracy"], **result}

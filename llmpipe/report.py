@@ -1,0 +1,395 @@
+"""The run report card: `<run>/report/report.md`, a self-contained `report.html` and PNG plots.
+
+Everything is read from the stages' manifests (no torch import). Both documents are rendered from
+one list of blocks, so the Markdown and the HTML always say the same thing. Every manifest field
+beyond `stage`/`status` is optional here: a section without its data says so or is left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+from llmpipe.errors import UserError
+from llmpipe.report_plots import number, probe_scores, training_curves
+from llmpipe.runs import MANIFEST, manifest_sha, read_manifest
+from llmpipe.summary import STAGE_ORDER
+
+REPORT_DIR = "report"
+MAX_SAMPLES = 3
+SHORT_SHA = 12
+MAX_SETTINGS = 8
+# Config keys shown in their own columns, or that describe data handling and bookkeeping rather than
+# the method; whatever else a stage's section holds (beta, loss_type, packing, …) is a method setting.
+COLUMN_KEYS = {"model", "max_steps", "batch_size", "grad_accum", "learning_rate", "max_length"}
+NOT_SETTINGS = COLUMN_KEYS | {
+    "train_files", "validation_files", "mixture_weights", "columns", "bad_rows", "validation_fraction", "cleaning",
+    "min_lr_ratio", "weight_decay", "max_grad_norm", "warmup_steps", "eval_every", "eval_batches", "save_every",
+    "log_every", "max_train_bytes", "accuracy_rows", "preference_rows", "max_new_tokens",
+}
+
+# A block is one piece of the report: ("h1" | "h2" | "h3" | "p", text), ("table", headers, rows),
+# or ("img", png_path, alt_text).
+Block = tuple[Any, ...]
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A manifest value as short text: '-' for None, grouped integers, `digits` significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if abs(value) < 1000:
+            return f"{value:.{digits}g}"
+        return f"{value:,.0f}" if abs(value) < 1e9 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _change(before: Any, after: Any) -> str:
+    before, after = number(before), number(after)
+    if before is None or after is None:
+        return "-"
+    return f"{after - before:+.4g}"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+# ---- which stages, in which order -------------------------------------------------------------
+
+def complete_stages(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(folder name, manifest) of every complete stage in a run folder, parents before children."""
+    found = {}
+    for folder in sorted(Path(run_dir).iterdir()):
+        if folder.is_dir() and not folder.name.startswith("."):
+            manifest = read_manifest(folder)
+            if isinstance(manifest, dict) and manifest.get("status") == "complete":
+                found[folder.name] = manifest
+
+    def parent_of(name: str) -> str | None:
+        parent = _as_dict(found[name].get("parent"))
+        # A copied or moved run still records its parents' old absolute paths: fall back to the stage name.
+        for candidate in (Path(str(parent.get("path", ""))).name, parent.get("stage")):
+            if candidate in found and candidate != name:
+                return candidate
+        return None
+
+    def depth(name: str) -> int:
+        seen = {name}
+        while (name := parent_of(name)) is not None and name not in seen:
+            seen.add(name)
+        return len(seen) - 1
+
+    def order(name: str) -> tuple[Any, ...]:
+        known = STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
+        return depth(name), known, str(found[name].get("created", "")), name
+
+    return [(name, found[name]) for name in sorted(found, key=order)]
+
+
+# ---- sections of one stage --------------------------------------------------------------------
+
+def _lineage(run_dir: Path, stages: list[tuple[str, dict[str, Any]]]) -> list[Block]:
+    rows = []
+    for name, manifest in stages:
+        parent = _as_dict(manifest.get("parent"))
+        recorded = str(parent.get("manifest_sha256") or "")
+        parent_path = Path(str(parent["path"])) if parent.get("path") else None
+        state = "-"
+        if parent_path is not None:
+            # The sha a child recorded must still be its parent's, or the child was trained on something else.
+            # A moved or copied run's recorded path may be gone: then the same-named stage of this run is checked.
+            found = next((p for p in (parent_path, Path(run_dir) / parent_path.name) if (p / MANIFEST).is_file()), None)
+            current = manifest_sha(found) if found is not None else None
+            state = "parent missing" if current is None else "matches" if current == recorded else "parent changed"
+        rows.append([name, str(parent_path) if parent_path else "-", recorded[:SHORT_SHA] or "-", state,
+                     manifest_sha(Path(run_dir) / name)[:SHORT_SHA]])
+    return [
+        ("h2", "Lineage"),
+        ("p", " → ".join(name for name, _ in stages)),
+        ("table", ["stage", "parent", "parent manifest sha", "parent check", "own manifest sha"], rows),
+    ]
+
+
+def _config_section(manifest: dict[str, Any], inherited_model: str | None) -> list[Block]:
+    config = _as_dict(manifest.get("config"))
+    section = next((value for value in config.values() if isinstance(value, dict)), {})
+    merged = {**config, **section}
+    # Only pretraining names the preset; later stages continue from their parent's model.
+    model = fmt(merged["model"]) if merged.get("model") else f"{inherited_model} (parent's)" if inherited_model else "-"
+    batch = fmt(merged.get("batch_size"))
+    if (number(merged.get("grad_accum")) or 1) > 1:
+        batch += f" × {fmt(merged['grad_accum'])} accum"
+    settings = [f"{key}={fmt(value)}" for key, value in merged.items()
+                if key not in NOT_SETTINGS and isinstance(value, str | int | float | bool)]
+    return [
+        ("h3", "Config"),
+        ("table", ["model", "steps", "batch", "lr", "max length", "settings"],
+         [[model, fmt(merged.get("max_steps")), batch, fmt(merged.get("learning_rate")),
+           fmt(merged.get("max_length")), ", ".join(settings[:MAX_SETTINGS]) or "-"]]),
+    ]
+
+
+def _data_section(manifest: dict[str, Any]) -> list[Block]:
+    data = _as_dict(manifest.get("data"))
+    if not data:
+        return [("h3", "Data"), ("p", "no data record")]
+    rows = [[fmt(source.get("source")), fmt(source.get("split")), fmt(source.get("rows"))]
+            for source in map(_as_dict, _as_list(data.get("sources")))]
+    kept = [f"{fmt(data[key])} {label}" for key, label in
+            (("train_rows", "train rows"), ("validation_rows", "validation rows"), ("train_tokens", "train tokens"))
+            if data.get(key) is not None]
+    dropped = _as_dict(data.get("dropped"))
+    dropped_text = ", ".join(f"{reason} {fmt(n)}" for reason, n in dropped.items()) or "none"
+    blocks: list[Block] = [("h3", "Data")]
+    if rows:
+        blocks.append(("table", ["source", "split", "rows read"], rows))
+    blocks.append(("p", f"kept: {', '.join(kept) or '-'}; dropped: {dropped_text}"))
+    return blocks
+
+
+def _metrics_section(manifest: dict[str, Any]) -> list[Block]:
+    metrics = _as_dict(manifest.get("metrics"))
+    headline = _as_dict(_as_dict(manifest.get("summary")).get("metric"))
+    rows = []
+    if headline:
+        before, after = headline.get("before"), headline.get("after")
+        rows.append([f"{headline.get('name', 'metric')} (headline)", fmt(before), fmt(after), _change(before, after)])
+    paired = set()
+    for key, before in metrics.items():
+        base = key.removesuffix("_before")
+        if key != base and base in metrics:
+            paired.update((key, base))
+            rows.append([base, fmt(before), fmt(metrics[base]), _change(before, metrics[base])])
+    for key, value in metrics.items():
+        if key not in paired and isinstance(value, str | int | float | bool):
+            rows.append([key, "-", fmt(value), "-"])
+    if not rows:
+        return [("h3", "Metrics"), ("p", "no metrics recorded")]
+    return [("h3", "Metrics"), ("table", ["metric", "before", "after", "change"], rows)]
+
+
+def _gate_section(manifest: dict[str, Any]) -> list[Block]:
+    gate = manifest.get("gate")
+    if not isinstance(gate, dict):
+        return [("h3", "Gate"), ("p", "no gate")]
+    verdict = "passed" if gate.get("passed") else "FAILED"
+    against = gate.get("parent_stage") or gate.get("against") or "parent"
+    line = f"against {against}: {verdict}" + (f" (action: {gate['action']})" if gate.get("action") else "")
+    rows = [[fmt(check.get("name")), fmt(check.get("kind")), fmt(check.get("parent")), fmt(check.get("child")),
+             fmt(check.get("change")), fmt(check.get("tolerance")), "pass" if check.get("passed") else "FAIL"]
+            for check in map(_as_dict, _as_list(gate.get("checks")))]
+    blocks: list[Block] = [("h3", "Gate"), ("p", line)]
+    if rows:
+        blocks.append(("table", ["check", "kind", "parent", "child", "change", "tolerance", "result"], rows))
+    return blocks
+
+
+def _percent(value: Any) -> str:
+    value = number(value)
+    if value is None:
+        return "-"
+    # MFU is recorded as a fraction; a value above 1 can only already be a percentage.
+    return f"{value:.1%}" if value <= 1 else f"{value:.1f}%"
+
+
+def _monitor_section(manifest: dict[str, Any]) -> list[Block]:
+    monitor = manifest.get("monitor")
+    if not isinstance(monitor, dict):
+        return []
+    peak = f"{number(monitor.get('peak_flops')):.3g} FLOP/s" if number(monitor.get("peak_flops")) else "unknown"
+    peak += f" ({monitor['peak_source']})" if monitor.get("peak_source") else ""
+    rollbacks = monitor.get("rollbacks")
+    rollback_count = len(rollbacks) if isinstance(rollbacks, list) else rollbacks
+    anomalies = [[fmt(a.get("step")), fmt(a.get("kind")), fmt(a.get("loss")), fmt(a.get("reference")), fmt(a.get("action"))]
+                 for a in map(_as_dict, _as_list(monitor.get("anomalies")))]
+    blocks: list[Block] = [
+        ("h3", "Monitor"),
+        ("p", f"MFU {_percent(monitor.get('mfu'))} of peak {peak}; rollbacks: {fmt(rollback_count or 0)}; "
+              f"anomalies: {len(anomalies) or 'none'}"),
+    ]
+    if anomalies:
+        blocks.append(("table", ["step", "kind", "loss", "reference", "action"], anomalies))
+    return blocks
+
+
+def _throughput_section(manifest: dict[str, Any]) -> list[Block]:
+    summary = _as_dict(manifest.get("summary"))
+    parts = [f"{fmt(summary[key])} {label}" for key, label in
+             (("steps", "steps"), ("tokens", "tokens"), ("tokens_per_second", "tokens/s")) if summary.get(key) is not None]
+    if summary.get("wall_seconds") is not None:
+        parts.append(f"training {fmt(summary['wall_seconds'])} s")
+    if manifest.get("wall_seconds") is not None:
+        parts.append(f"stage wall {fmt(manifest['wall_seconds'])} s")
+    for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
+        if summary.get(key) is not None:
+            parts.append(f"{label} {fmt(summary[key])}")
+    return [("h3", "Throughput"), ("p", " · ".join(parts) or "not recorded")]
+
+
+def _probes_section(manifest: dict[str, Any]) -> list[Block]:
+    records = [r for r in map(_as_dict, _as_list(manifest.get("probes"))) if number(r.get("step")) is not None]
+    if not records:
+        return []
+    rows = []
+    for suite in sorted({str(r.get("suite", "probe")) for r in records}):
+        runs = sorted((r for r in records if str(r.get("suite", "probe")) == suite), key=lambda r: number(r["step"]))
+        before = next((r.get("score") for r in runs if number(r["step"]) == 0), None)
+        last = runs[-1]
+        rows.append([suite, fmt(before), fmt(last.get("score")), _change(before, last.get("score")),
+                     fmt(last.get("step")), fmt(last.get("n"))])
+    return [("h3", "Probes"), ("table", ["suite", "before (step 0)", "last", "change", "at step", "n"], rows)]
+
+
+def _samples_section(manifest: dict[str, Any]) -> list[Block]:
+    during = [s for s in map(_as_dict, _as_list(manifest.get("samples"))) if s]
+    if during:
+        last_step = max((number(s.get("step")) for s in during if number(s.get("step")) is not None), default=None)
+        samples = [s for s in during if number(s.get("step")) == last_step] if last_step is not None else during
+    else:
+        samples = [s for s in map(_as_dict, _as_list(_as_dict(manifest.get("metrics")).get("samples"))) if s]
+    samples = samples[:MAX_SAMPLES]
+    if not samples:
+        return []
+    columns = [key for key in ("step", "prompt", "reply", "answer") if any(key in s for s in samples)]
+    headers = ["expected" if key == "answer" else key for key in columns]
+    return [("h3", "Samples"), ("table", headers, [[fmt(s.get(key)) for key in columns] for s in samples])]
+
+
+def _stage_blocks(run_dir: Path, name: str, manifest: dict[str, Any], out_dir: Path,
+                  inherited_model: str | None) -> tuple[list[Block], dict[str, Path]]:
+    plots = {}
+    for kind, draw, field in (("training", training_curves, "evals"), ("probes", probe_scores, "probes")):
+        path = draw(name, _as_list(manifest.get(field)), out_dir / f"{name}-{kind}.png")
+        if path is not None:
+            plots[path.stem] = path
+    blocks: list[Block] = [("h2", f"{name}"), ("p", f"folder: {Path(run_dir) / name}; finished {fmt(manifest.get('finished'))}")]
+    blocks += _config_section(manifest, inherited_model)
+    for section in (_data_section, _metrics_section, _gate_section, _monitor_section,
+                    _throughput_section, _probes_section, _samples_section):
+        blocks += section(manifest)
+    if plots:
+        blocks.append(("h3", "Plots"))
+        blocks += [("img", path, f"{name} {path.stem.removeprefix(name + '-')}") for path in plots.values()]
+    return blocks, plots
+
+
+# ---- rendering --------------------------------------------------------------------------------
+
+def _md_text(text: str) -> str:
+    # Replies can hold chat tokens such as <|im_end|>, which a Markdown viewer would swallow as HTML.
+    return str(text).replace("<", "&lt;")
+
+
+def _md_cell(text: str) -> str:
+    return _md_text(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    """The blocks as GitHub-flavoured Markdown; images link to the PNG files next to the report."""
+    out = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"{'#' * int(kind[1])} {_md_text(rest[0])}")
+        elif kind == "p":
+            out.append(_md_text(rest[0]))
+        elif kind == "table":
+            headers, rows = rest
+            lines = ["| " + " | ".join(_md_cell(c) for c in line) + " |" for line in (headers, *rows)]
+            lines.insert(1, "|" + " --- |" * len(headers))
+            out.append("\n".join(lines))
+        elif kind == "img":
+            path, alt = rest
+            out.append(f"![{alt}]({Path(path).name})")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { border-bottom: 1px solid #eee; padding-bottom: .2em; margin-top: 2em; }
+h3 { margin-bottom: .3em; }
+table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; white-space: pre-wrap; }
+th { background: #f4f4f4; }
+td.FAIL { color: #b00; font-weight: bold; } td.pass { color: #070; }
+img { max-width: 100%; display: block; margin: .5em 0; }
+"""
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    """The blocks as one self-contained HTML page: inline CSS, PNGs embedded as base64 data URIs."""
+    esc = html.escape
+    out = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{esc(str(rest[0]))}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{esc(str(rest[0]))}</p>")
+        elif kind == "table":
+            headers, rows = rest
+            head = "".join(f"<th>{esc(str(h))}</th>" for h in headers)
+            body = "".join(
+                "<tr>" + "".join(f'<td class="{esc(str(c))}">{esc(str(c))}</td>' if c in ("pass", "FAIL") else f"<td>{esc(str(c))}</td>"
+                                 for c in row) + "</tr>"
+                for row in rows
+            )
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "img":
+            path, alt = rest
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            out.append(f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">')
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{esc(title)}</title>\n'
+        f"<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(out) + "\n</body>\n</html>\n"
+    )
+
+
+def write_report(run_dir: Path) -> dict[str, Path]:
+    """Write the run's report card into `<run_dir>/report/`: report.md, report.html and one PNG per plot.
+
+    Returns every file written, keyed `markdown`, `html` and the plots' file stems (e.g. `pretrain-training`).
+    Raises UserError when the run folder is missing or holds no complete stage.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError("run folder not found", file=str(run_dir))
+    stages = complete_stages(run_dir)
+    if not stages:
+        raise UserError("no complete stage in this run folder", file=str(run_dir), hint="train one first, e.g. llmpipe run RECIPE")
+    out_dir = run_dir / REPORT_DIR
+    out_dir.mkdir(exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()  # plots of a stage that is gone or lost its data must not linger
+
+    finished = max(str(manifest.get("finished") or manifest.get("created") or "") for _, manifest in stages)
+    title = f"Run report: {run_dir.resolve().name}"
+    blocks: list[Block] = [
+        ("h1", f"{title} ({finished[:10] or 'undated'})"),
+        ("p", f"run folder: {run_dir.resolve()}; stages: {len(stages)}; report written {time.strftime('%Y-%m-%d %H:%M:%S')}"),
+        *_lineage(run_dir, stages),
+    ]
+    written: dict[str, Path] = {}
+    model = None
+    for name, manifest in stages:
+        stage_blocks, plots = _stage_blocks(run_dir, name, manifest, out_dir, model)
+        model = _as_dict(manifest.get("config")).get("model") or model
+        blocks += stage_blocks
+        written.update(plots)
+
+    markdown, page = out_dir / "report.md", out_dir / "report.html"
+    markdown.write_text(render_markdown(blocks), encoding="utf-8")
+    page.write_text(render_html(blocks, title), encoding="utf-8")
+    return {"markdown": markdown, "html": page, **written}

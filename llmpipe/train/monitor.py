@@ -1,0 +1,311 @@
+"""The training monitor every stage attaches to its trainer: progress (a Rich bar on a terminal,
+terse lines otherwise) with tokens/s and MFU, TensorBoard / W&B logging, probe suites and sample
+generations every N steps, and the NaN / loss-spike guard.
+
+These are TrainerCallbacks on HF's own loop. The guard also wraps `trainer.training_step` because no
+callback sees the per-step loss before the optimizer applies it, and a NaN must be caught there.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmpipe.console import say
+from llmpipe.errors import EXIT_CHECK_FAILED, UserError
+
+
+class TrainingDiverged(UserError):
+    """The loss went NaN/inf or spiked and the anomaly policy stopped the stage."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+@dataclass
+class MonitorSetup:
+    """What the monitor of one stage needs to know."""
+
+    stage: str
+    total_steps: int
+    flops_per_token: float | None = None
+    bits_per_byte_factor: float | None = None
+    probe_suites: dict[str, list[Any]] = field(default_factory=dict)
+    probe_every: int = 0
+    sample_prompts: list[str] = field(default_factory=list)
+    chat: bool = False
+    max_new_tokens: int = 24
+
+
+class Monitor:
+    """The callbacks attached to one trainer and what they recorded, for the manifest."""
+
+    def __init__(self, trainer: Any, setup: MonitorSetup, recipe: Any, tokenizer: Any, work_dir: Path) -> None:
+        from llmpipe.train.flops import peak_flops
+
+        cfg = recipe.monitor
+        self.setup = setup
+        self.peak, self.peak_source = peak_flops(trainer.args, cfg.peak_tflops)
+        self.progress = _progress(setup, self.peak)
+        self.guard = _guard(trainer, cfg, setup.stage)
+        self.prober = _probe_runner(trainer, tokenizer, setup) if setup.probe_suites or setup.sample_prompts else None
+        callbacks = [self.progress, self.guard] + ([self.prober] if self.prober else [])
+        from transformers.integrations import TensorBoardCallback
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+        if "tensorboard" in cfg.report_to:
+            board = TensorBoardCallback()
+            # Not under output_dir (the checkpoints folder, removed when the stage completes).
+            board.logging_dir = str(work_dir / "tensorboard")
+            callbacks.append(board)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every log and evaluation of the fit, with step, tokens/s and MFU."""
+        return self.progress.history
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's `monitor` entry."""
+        rates = [h["mfu"] for h in self.history if h.get("mfu") is not None]
+        return {
+            "peak_flops": self.peak,
+            "peak_source": self.peak_source,
+            "mfu": round(sum(rates) / len(rates), 4) if rates else None,
+            "anomalies": self.guard.anomalies,
+            "rollbacks": self.guard.rollbacks,
+        }
+
+
+def _progress(setup: MonitorSetup, peak: float | None) -> Any:
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """Log history with tokens/s and MFU over pure step time; a Rich bar or terse lines."""
+
+        def __init__(self) -> None:
+            self.history: list[dict[str, Any]] = []
+            self.step_seconds = 0.0
+            self.step_started = 0.0
+            self.tokens_at_log = 0
+            self.seconds_at_log = 0.0
+            self.tokens_at_start = 0
+            self.bar: Any = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.tokens_at_start = self.tokens_at_log = state.num_input_tokens_seen or 0
+            self.seconds_at_log = self.step_seconds
+            if state.is_world_process_zero and sys.stderr.isatty() and self.bar is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+                self.task = self.bar.add_task(setup.stage, total=setup.total_steps, completed=state.global_step, info="")
+                self.bar.start()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.step_started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_seconds += time.perf_counter() - self.step_started
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None and state.global_step >= setup.total_steps:
+                self.bar.stop()
+                self.bar = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            if setup.bits_per_byte_factor is not None and "eval_loss" in logs:
+                logs["eval_bpb"] = round(logs["eval_loss"] * setup.bits_per_byte_factor, 4)
+            if "loss" in logs:
+                tokens = (state.num_input_tokens_seen or 0) - self.tokens_at_log
+                seconds = self.step_seconds - self.seconds_at_log
+                rate = tokens / seconds if seconds > 0 else 0.0
+                self.tokens_at_log, self.seconds_at_log = state.num_input_tokens_seen or 0, self.step_seconds
+                logs["tokens_per_second"] = round(rate, 1)
+                world = max(args.world_size, 1)
+                logs["mfu"] = round(rate * setup.flops_per_token / (peak * world), 4) if peak and setup.flops_per_token else None
+            self.history.append({"step": state.global_step, **logs})
+            if not state.is_world_process_zero:
+                return
+            if "loss" in logs:
+                remaining = (setup.total_steps - state.global_step) * self.step_seconds / max(state.global_step, 1)
+                mfu = f" | mfu {logs['mfu']:.1%}" if logs.get("mfu") is not None else ""
+                line = (f"step {state.global_step:>5}/{setup.total_steps} | loss {logs['loss']:.4f} | "
+                        f"lr {logs.get('learning_rate', 0):.2e} | grad {logs.get('grad_norm', float('nan')):.2f} | "
+                        f"{logs['tokens_per_second']:,.0f} tok/s{mfu}")
+                if self.bar is not None:
+                    self.bar.update(self.task, info=line.split(" | ", 1)[1])
+                say(f"{setup.stage:9s} {line} | eta {remaining:,.0f}s")
+            elif "eval_loss" in logs:
+                extra = "".join(
+                    f" | {k.removeprefix('eval_')} {v:.4f}" for k, v in logs.items()
+                    if (k.startswith("eval_rewards/") or k == "eval_bpb") and isinstance(v, float)
+                )
+                say(f"{setup.stage:9s} step {state.global_step:>5}/{setup.total_steps} | val loss {logs['eval_loss']:.4f}{extra}")
+
+    return Progress()
+
+
+def _guard(trainer: Any, cfg: Any, stage: str) -> Any:
+    import torch
+    from transformers import TrainerCallback
+
+    class Guard(TrainerCallback):
+        """NaN/inf and spike detection per optimizer step, before the update is applied.
+
+        An anomalous step's update is always dropped (gradients zeroed, learning rate 0 for that step),
+        so the weights and every checkpoint stay finite. Then the policy: `skip` goes on; `stop` ends
+        the stage with the last good checkpoint kept; `rollback` resumes from the last checkpoint with
+        the learning rate scaled down, dropping the offending step's batch when it comes round again.
+        """
+
+        def __init__(self) -> None:
+            self.micro_losses: list[Any] = []
+            self.recent: deque[float] = deque(maxlen=cfg.spike_window)
+            self.skip_steps: set[int] = set()
+            self.anomalies: list[dict[str, Any]] = []
+            self.pending: str | None = None
+            self.bad_step = 0
+            self.rollbacks = 0
+            self.lr_scale = 1.0
+
+        def observe(self, loss: Any) -> None:
+            self.micro_losses.append(loss.detach().float().reshape(()))
+
+        def on_train_begin(self, args, state, control, lr_scheduler=None, optimizer=None, **kwargs):
+            self.micro_losses = []
+            if self.lr_scale != 1.0 and lr_scheduler is not None:
+                inner = getattr(lr_scheduler, "scheduler", lr_scheduler)
+                inner.base_lrs = [lr * self.lr_scale for lr in inner.base_lrs]
+                for group in optimizer.param_groups:
+                    group["lr"] *= self.lr_scale
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+            step = state.global_step + 1
+            if not self.micro_losses:
+                return
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            loss = torch.stack(self.micro_losses).mean()
+            self.micro_losses = []
+            values = torch.stack([loss.to(grad_norm.device), (~torch.isfinite(grad_norm)).float()])
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Every process must take the same decision or the replicas drift apart.
+                torch.distributed.all_reduce(values)
+                values[0] /= torch.distributed.get_world_size()
+            loss_value, bad_grads = values[0].item(), values[1].item() > 0
+            reference = statistics.median(self.recent) if len(self.recent) >= min(10, cfg.spike_window) else None
+            kind = None
+            if bad_grads or not torch.isfinite(values[0]):
+                kind = "nan"
+            elif reference is not None and loss_value > cfg.spike_factor * reference:
+                kind = "spike"
+            if kind is None and step not in self.skip_steps:
+                self.recent.append(loss_value)
+                return
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0  # the scheduler sets it again after this step
+            for g in grads:
+                g.zero_()  # a NaN gradient would poison Adam's moments even at lr 0
+            if step in self.skip_steps:
+                say(f"{stage:9s} step {step}: update dropped (the batch that diverged before)")
+                return
+            action = cfg.on_anomaly
+            self.anomalies.append({"step": step, "kind": kind, "loss": loss_value, "reference": reference, "action": action})
+            say(f"{stage:9s} step {step}: loss {loss_value:.4g} is {'not finite' if kind == 'nan' else 'a spike'}"
+                + (f" (median of recent steps {reference:.4g})" if reference else "") + f"; update dropped, policy: {action}")
+            if action == "skip":
+                return
+            self.pending, self.bad_step = action, step
+            control.should_training_stop = True
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.pending is not None:
+                # Nothing from the anomalous step is saved or evaluated.
+                control.should_save = control.should_evaluate = False
+                control.should_training_stop = True
+
+        def prepare_rollback(self) -> None:
+            self.skip_steps.add(self.bad_step)
+            self.rollbacks += 1
+            self.lr_scale *= cfg.rollback_lr_factor
+            self.pending = None
+
+    guard = Guard()
+    original = trainer.training_step
+
+    def training_step(*args: Any, **kwargs: Any) -> Any:
+        loss = original(*args, **kwargs)
+        guard.observe(loss)
+        return loss
+
+    trainer.training_step = training_step
+    return guard
+
+
+def _probe_runner(trainer: Any, tokenizer: Any, setup: MonitorSetup) -> Any:
+    from transformers import TrainerCallback
+
+    from llmpipe.eval.metrics import chat_ids, generate_from_ids, text_ids
+    from llmpipe.eval.probes import score_suite
+
+    every = setup.probe_every
+
+    class ProbeRunner(TrainerCallback):
+        """Probe suites and sample generations before training, every `probe_every` steps and at the end."""
+
+        def __init__(self) -> None:
+            self.records: list[dict[str, Any]] = []
+            self.samples: list[dict[str, Any]] = []
+            self.done: set[int] = set()
+
+        def run(self, step: int, model: Any, control: Any) -> None:
+            if step in self.done:
+                return
+            self.done.add(step)
+            logs, parts = {}, []
+            for name, probes in setup.probe_suites.items():
+                result = score_suite(model, tokenizer, probes)
+                self.records.append({"step": step, "suite": name, "score": round(result["score"], 4), "n": result["n"]})
+                logs[f"probe/{name}"] = result["score"]
+                parts.append(f"{name} {result['score']:.3f}")
+            if setup.sample_prompts:
+                ids = [chat_ids(tokenizer, [{"role": "user", "content": p}]) if setup.chat else text_ids(tokenizer, p)
+                       for p in setup.sample_prompts]
+                replies = generate_from_ids(model, tokenizer, ids, setup.max_new_tokens)
+                self.samples += [{"step": step, "prompt": p, "reply": r} for p, r in zip(setup.sample_prompts, replies)]
+            if parts:
+                say(f"{setup.stage:9s} step {step:>5}/{setup.total_steps} | probes: {', '.join(parts)}")
+            if logs:
+                # trainer.log clears should_log; the step's own loss log must still happen.
+                should_log = control.should_log
+                trainer.log(logs)
+                control.should_log = should_log
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 0:
+                self.run(0, model, control)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            last = state.global_step >= setup.total_steps
+            if (every and state.global_step % every == 0) or last:
+                if not control.should_training_stop or last:
+                    self.run(state.global_step, model, control)
+
+    return ProbeRunner()
+
+
+def attach_monitor(trainer: Any, setup: MonitorSetup, recipe: Any, tokenizer: Any, work_dir: Path) -> Monitor:
+    """Attach progress, logging, probes and the anomaly guard to `trainer`; returns the Monitor."""
+    return Monitor(trainer, setup, recipe, tokenizer, work_dir)
+
