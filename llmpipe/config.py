@@ -20,7 +20,10 @@ import yaml
 from llmpipe.errors import UserError
 
 STAGES = ("tokenizer", "pretrain", "sft", "align")
-ALIGN_METHODS = ("dpo",)
+ALIGN_METHODS = ("dpo", "rlhf", "grpo", "rloo")
+# Align methods that train a policy online (generate, score, update); rlhf also trains a reward model.
+RL_METHODS = ("rlhf", "grpo", "rloo")
+RL_ALGORITHMS = ("rloo", "grpo")
 # Loss types of TRL's DPOTrainer that need no extra inputs (TRL 1.x `DPOConfig.loss_type`).
 DPO_LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
@@ -170,6 +173,43 @@ class AlignConfig(TrainConfig):
     preference_rows: int = 200
     probes: list[str] = field(default_factory=lambda: [f"{DATA}/probes.chat.jsonl"])
     sample_prompts: list[str] = field(default_factory=lambda: ["What colour is the kettle?", "What is 2 plus 3?"])
+    # Online RL (methods rlhf, grpo, rloo; see llmpipe/stages/rl.py). Prompts come from the train files:
+    # preference rows' prompt, chat rows without their last reply, or prompt rows ({prompt, answer}).
+    # The RL algorithm of method rlhf (grpo and rloo name their own).
+    rl: str = "rloo"
+    # A finished reward stage folder: rlhf uses it instead of training one; grpo/rloo add it to their rules.
+    reward_model: str = ""
+    # Rule rewards (llmpipe/rewards.py): exact_match, format, length. Empty: [exact_match] for grpo and
+    # rloo, none for rlhf (the reward model alone).
+    rewards: list[str] = field(default_factory=list)
+    # Completions sampled per prompt; batch_size counts completions, so it must be a multiple of this.
+    num_generations: int = 4
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    # Bound on the policy's mean KL to the SFT reference per reply (nats) on held-out prompts; reported.
+    max_kl: float = 2.0
+    # Held-out prompts measured before and after (reward, KL, exact-match accuracy).
+    heldout_prompts: int = 64
+
+
+@dataclass
+class RewardModelConfig(TrainConfig):
+    """The reward model of method rlhf: the SFT model with a scalar head, trained on preference pairs.
+
+    Its own section (not align's) because it wants other steps and learning rate than the policy, and
+    a finished reward model must not go stale when only the policy's settings change."""
+
+    train_files: list[str] = field(default_factory=lambda: [f"{DATA}/prefs.train.jsonl"])
+    validation_files: list[str] = field(default_factory=lambda: [f"{DATA}/prefs.validation.jsonl"])
+    max_steps: int = 60
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    eval_every: int = 30
+    max_length: int = 128
+    # Held-out pairs scored by "does the chosen reply get the higher reward", before and after.
+    preference_rows: int = 200
 
 
 @dataclass
@@ -204,6 +244,7 @@ class Recipe:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    reward: RewardModelConfig = field(default_factory=RewardModelConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     # Where the recipe came from, for error messages; not a setting.
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -409,7 +450,7 @@ def validate(recipe: Recipe) -> None:
     need(tok.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1")
     need(tok.max_train_bytes > 0, "tokenizer.max_train_bytes", "must be > 0")
     need(bool(tok.train_files), "tokenizer.train_files", "needs at least one file")
-    for stage in ("pretrain", "sft", "align"):
+    for stage in ("pretrain", "sft", "align", "reward"):
         cfg: TrainConfig = getattr(recipe, stage)
         need(bool(cfg.train_files), f"{stage}.train_files", "needs at least one file")
         for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "eval_batches"):
@@ -444,6 +485,31 @@ def validate(recipe: Recipe) -> None:
     need(al.beta > 0, "align.beta", "must be > 0")
     need(al.loss_type in DPO_LOSS_TYPES, "align.loss_type", f"must be one of {', '.join(DPO_LOSS_TYPES)}")
     need(al.preference_rows >= 0, "align.preference_rows", "must be >= 0")
+    _validate_rl(recipe, need)
+
+
+def _validate_rl(recipe: Recipe, need: Any) -> None:
+    """The online-RL keys of `align` and the `reward` section."""
+    from llmpipe.rewards import RULES  # light module: no torch
+
+    al, online = recipe.align, recipe.align.method in RL_METHODS
+    need(al.rl in RL_ALGORITHMS, "align.rl", f"must be one of {', '.join(RL_ALGORITHMS)}")
+    need(al.method == "rlhf" or al.rl in ("rloo", al.method), "align.rl",
+         f"only method rlhf takes an RL algorithm; method {al.method} names its own")
+    need(online or not al.reward_model, "align.reward_model", f"method {al.method} uses no reward model; use rlhf, grpo or rloo")
+    need(online or not al.rewards, "align.rewards", f"method {al.method} uses no rule rewards; use rlhf, grpo or rloo")
+    for name in al.rewards:
+        need(name in RULES, "align.rewards", f"unknown reward {name!r}; choose from {', '.join(RULES)}")
+    need(al.num_generations >= 2, "align.num_generations", "must be >= 2 (each completion is compared with its siblings)")
+    need(not online or al.batch_size % al.num_generations == 0, "align.batch_size",
+         f"counts completions, so it must be a multiple of align.num_generations ({al.num_generations}); got {al.batch_size}")
+    need(al.max_new_tokens >= 1, "align.max_new_tokens", "must be >= 1")
+    need(al.temperature > 0, "align.temperature", "must be > 0 (sampling is what RL learns from)")
+    need(al.max_kl > 0, "align.max_kl", "must be > 0")
+    need(al.heldout_prompts >= 1, "align.heldout_prompts", "must be >= 1")
+    need(recipe.reward.preference_rows >= 0, "reward.preference_rows", "must be >= 0")
+    need(not recipe.reward.probes and not recipe.reward.sample_prompts, "reward.probes",
+         "a reward model does not generate: leave reward.probes and reward.sample_prompts empty")
 
 
 def _validate_monitor(mon: MonitorConfig, need: Any) -> None:

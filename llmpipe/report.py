@@ -29,6 +29,7 @@ NOT_SETTINGS = COLUMN_KEYS | {
     "train_files", "validation_files", "mixture_weights", "columns", "bad_rows", "validation_fraction", "cleaning",
     "min_lr_ratio", "weight_decay", "max_grad_norm", "warmup_steps", "eval_every", "eval_batches", "save_every",
     "log_every", "max_train_bytes", "accuracy_rows", "preference_rows", "max_new_tokens",
+    "probes", "probe_every", "sample_prompts", "gate",
 }
 
 # A block is one piece of the report: ("h1" | "h2" | "h3" | "p", text), ("table", headers, rows),

@@ -33,6 +33,12 @@ PARENTS: dict[str, tuple[str, ...]] = {
     "pretrain": ("tokenizer",),
     "sft": ("pretrain", "sft"),
     "dpo": ("sft", "dpo"),
+    # Method rlhf: a reward model and a policy, both from the SFT model (or a DPO one, with --from).
+    "reward": ("sft", "dpo"),
+    "rlhf": ("sft", "dpo", "rlhf", "grpo", "rloo"),
+    # Methods grpo / rloo: a policy trained on rule rewards (plus an optional reward model).
+    "grpo": ("sft", "dpo", "rlhf", "grpo", "rloo"),
+    "rloo": ("sft", "dpo", "rlhf", "grpo", "rloo"),
 }
 
 
@@ -120,7 +126,9 @@ def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> P
 
 
 def _command_for(stage: str) -> str:
-    return "align --method dpo" if stage == "dpo" else stage
+    if stage == "reward":
+        return "align --method rlhf"
+    return f"align --method {stage}" if stage in ("dpo", "rlhf", "grpo", "rloo") else stage
 
 
 def _restore_interrupted_swap(final: Path) -> None:
@@ -367,15 +375,18 @@ class StageWriter:
 
 
 def run_stage(stage: str, section: str, recipe: Any, run_dir: Path, parent: str | Path | None, restart: bool,
-              train: Any) -> Path:
+              train: Any, inputs: dict[str, Any] | None = None) -> Path:
     """The frame every stage shares: find and check the parent, skip a stage already complete,
-    otherwise call `train(recipe, writer, parent_dir)` with failures recorded in the manifest."""
+    otherwise call `train(recipe, writer, parent_dir)` with failures recorded in the manifest.
+
+    `inputs`: what else decides the result besides the parent and the recipe section (an RL policy's
+    reward model, by manifest sha256); kept in the stage's config, so a change retrains or refuses."""
     from llmpipe.console import say
     from llmpipe.eval.probes import check_suites
 
     check_suites(recipe, (section,))
     parent_dir = resolve_parent(stage, run_dir, parent) if PARENTS[stage] else None
-    writer = StageWriter(run_dir, stage, recipe.stage_config(section), parent=parent_dir, restart=restart)
+    writer = StageWriter(run_dir, stage, {**recipe.stage_config(section), **(inputs or {})}, parent=parent_dir, restart=restart)
     if writer.skip:
         say(f"{stage}: complete in {writer.final_dir}, skipping")
         gate = (read_manifest(writer.final_dir) or {}).get("gate") or {}

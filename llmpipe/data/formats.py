@@ -3,6 +3,7 @@
 - text:       {"text": "..."}
 - chat:       {"messages": [{"role": "user"|"assistant"|"system", "content": "..."}], ...extra fields}
 - preference: {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+- prompt:     {"prompt": [messages], "answer"?: "..."} for online RL (also read from preference and chat rows)
 
 Foreign shapes converted on the fly: alpaca (instruction/input/output), sharegpt (conversations with
 from/value), prompt/completion, hh-rlhf transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."), and
@@ -134,7 +135,30 @@ def to_preference(row: SourceRow) -> dict[str, Any]:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-CONVERTERS = {"text": to_text, "chat": to_chat, "preference": to_preference}
+def to_prompt(row: SourceRow) -> dict[str, Any]:
+    """A prompt for online RL, {"prompt": [messages ending with a user turn]} plus `answer` when the row
+    has one: a `prompt` (messages or a string) as is, a preference row's prompt, or a chat row's
+    messages before its last assistant turn."""
+    data = row.data
+    if "chosen" in data:
+        prompt = to_preference(row)["prompt"]
+    elif "prompt" in data and "completion" not in data:
+        prompt = [{"role": "user", "content": data["prompt"]}] if isinstance(data["prompt"], str) else data["prompt"]
+        check_messages(row, "prompt", prompt, need_assistant=False)
+    else:
+        messages = to_chat(row)["messages"]
+        prompt = messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
+        if not prompt:
+            raise _err(row, "messages", "has no turn before the assistant's reply to use as a prompt")
+    if prompt[-1]["role"] != "user":
+        raise _err(row, "prompt", "must end with a user turn")
+    answer = data.get("answer")
+    if answer is not None and not isinstance(answer, str | int | float):
+        raise _err(row, "answer", f"must be a string or a number, got {type(answer).__name__}")
+    return {"prompt": prompt, **({"answer": str(answer)} if answer is not None else {})}
+
+
+CONVERTERS = {"text": to_text, "chat": to_chat, "preference": to_preference, "prompt": to_prompt}
 
 
 def _keys(data: dict[str, Any]) -> str:

@@ -179,14 +179,18 @@ def _with_own(references: list[str], validation: list[dict[str, Any]], cfg: Any)
 
 
 def heldout_texts(recipe: Any) -> list[str]:
-    """Texts of the run's held-out chat and preference rows (explicit validation files only).
+    """Texts of the run's held-out chat, preference and prompt rows (explicit validation files only).
 
     Every stage's training rows are decontaminated against them. Pretraining is not checked against
     its own held-out split: text split at random shares boilerplate n-grams with itself."""
+    from llmpipe.config import RL_METHODS
     from llmpipe.data.clean import row_text
 
     texts = []
-    for kind, cfg in (("chat", recipe.sft), ("preference", recipe.align)):
+    sections = [("chat", recipe.sft), ("prompt" if recipe.align.method in RL_METHODS else "preference", recipe.align)]
+    if recipe.align.method == "rlhf":  # the reward model's held-out pairs
+        sections.append(("preference", recipe.reward))
+    for kind, cfg in sections:
         for spec in cfg.validation_files:
             texts += [row_text(r) for r in _converted(spec, kind, cfg, None)]
     return texts

@@ -99,10 +99,12 @@ class FitResult:
 
 
 def attach_monitor(trainer: Any, recipe: Recipe, cfg: TrainConfig, writer: StageWriter, tokenizer: Any, *, chat: bool,
-                   flops_scale: float = 1.0, bits_per_byte_factor: float | None = None) -> Any:
+                   flops_scale: float = 1.0, bits_per_byte_factor: float | None = None, spikes: bool = True) -> Any:
     """Attach the training monitor (progress, TensorBoard, probes, samples, NaN/spike guard) to a
     stage's trainer; returns it. `flops_scale` counts extra forward passes per trained token (DPO's
-    reference model) in MFU; with `bits_per_byte_factor` every evaluation also reports `eval_bpb`."""
+    reference model) in MFU; with `bits_per_byte_factor` every evaluation also reports `eval_bpb`.
+    `spikes=False` keeps only the NaN guard: a policy-gradient loss hovers around 0 and changes sign,
+    so "3x the recent median" says nothing about it."""
     from llmpipe.eval.probes import load_suite, suite_name
     from llmpipe.models import flops_per_token
     from llmpipe.train.monitor import MonitorSetup
@@ -118,6 +120,7 @@ def attach_monitor(trainer: Any, recipe: Recipe, cfg: TrainConfig, writer: Stage
         sample_prompts=cfg.sample_prompts,
         chat=chat,
         max_new_tokens=getattr(cfg, "max_new_tokens", 24),
+        spikes=spikes,
     )
     return attach(trainer, setup, recipe, tokenizer, writer.work_dir)
 
@@ -186,12 +189,14 @@ def fit(trainer: Any, writer: StageWriter, tokenizer: Any, monitor: Any) -> FitR
 
 
 def complete(writer: StageWriter, cfg: TrainConfig, model: Any, tokenizer: Any, parent_dir: Path | None,
-             stage_summary: dict[str, Any], heldout: list[tuple[str, str, list[dict[str, Any]]]], monitor: Any) -> Path:
+             stage_summary: dict[str, Any], heldout: list[tuple[str, str, list[dict[str, Any]]]], monitor: Any,
+             gate: bool = True) -> Path:
     """Finish a trained stage: keep its protected sets, record the monitor's findings, run the
     regression gate against the parent, and swap the checkpoint into place.
 
     A failed gate with action `stop` raises RegressionError after the swap: the checkpoint is kept
-    (its manifest says what regressed) and the run stops before the next stage."""
+    (its manifest says what regressed) and the run stops before the next stage. `gate=False` for a
+    model that is not a language model (a reward model): the gate measures likelihood and generation."""
     from llmpipe.eval.gate import protect, regression_error, run_gate
 
     writer.manifest["protected"] = protect(writer.work_dir, heldout, cfg.probes, cfg.max_length)
@@ -199,14 +204,14 @@ def complete(writer: StageWriter, cfg: TrainConfig, model: Any, tokenizer: Any, 
     if monitor.prober is not None:
         writer.manifest["probes"] = monitor.prober.records
         writer.manifest["samples"] = monitor.prober.samples
-    gate = run_gate(parent_dir, model, tokenizer, cfg.gate, cfg.batch_size) if parent_dir is not None else None
-    if gate is not None:
-        writer.manifest["gate"] = gate
+    checked = run_gate(parent_dir, model, tokenizer, cfg.gate, cfg.batch_size) if parent_dir is not None and gate else None
+    if checked is not None:
+        writer.manifest["gate"] = checked
     final = writer.finish(stage_summary)
-    if gate is not None and not gate["passed"]:
+    if checked is not None and not checked["passed"]:
         if cfg.gate.action == "stop":
-            raise regression_error(writer.stage, final, gate)
-        say(f"{writer.stage:9s} regressed against {gate['parent_stage']}, going on (gate.action={cfg.gate.action})")
+            raise regression_error(writer.stage, final, checked)
+        say(f"{writer.stage:9s} regressed against {checked['parent_stage']}, going on (gate.action={cfg.gate.action})")
     return final
 
 

@@ -39,6 +39,8 @@ class MonitorSetup:
     sample_prompts: list[str] = field(default_factory=list)
     chat: bool = False
     max_new_tokens: int = 24
+    # Loss-spike detection (the NaN/inf guard is always on); off for losses that are not positive.
+    spikes: bool = True
 
 
 class Monitor:
@@ -51,7 +53,7 @@ class Monitor:
         self.setup = setup
         self.peak, self.peak_source = peak_flops(trainer.args, cfg.peak_tflops)
         self.progress = _progress(setup, self.peak)
-        self.guard = _guard(trainer, cfg, setup.stage)
+        self.guard = _guard(trainer, cfg, setup.stage, setup.spikes)
         self.prober = _probe_runner(trainer, tokenizer, setup) if setup.probe_suites or setup.sample_prompts else None
         callbacks = [self.progress, self.guard] + ([self.prober] if self.prober else [])
         from transformers.integrations import TensorBoardCallback
@@ -156,7 +158,7 @@ def _progress(setup: MonitorSetup, peak: float | None) -> Any:
     return Progress()
 
 
-def _guard(trainer: Any, cfg: Any, stage: str) -> Any:
+def _guard(trainer: Any, cfg: Any, stage: str, spikes: bool = True) -> Any:
     import torch
     from transformers import TrainerCallback
 
@@ -208,7 +210,7 @@ def _guard(trainer: Any, cfg: Any, stage: str) -> Any:
             kind = None
             if bad_grads or not torch.isfinite(values[0]):
                 kind = "nan"
-            elif reference is not None and loss_value > cfg.spike_factor * reference:
+            elif spikes and reference is not None and loss_value > cfg.spike_factor * reference:
                 kind = "spike"
             if kind is None and step not in self.skip_steps:
                 self.recent.append(loss_value)
