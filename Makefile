@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test bench bench-scale install clean
+.PHONY: demo test catalogue bench bench-scale install clean
 
 $(BIN)/llmpipe: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Regenerate docs/bad-inputs.md from the bad-input catalogue (tests/bad_inputs_cases.py), by running it.
+catalogue: install
+	$(BIN)/python tests/make_catalogue.py
 
 # Each benchmark prints a table and writes JSON to bench/results/.
 bench: install

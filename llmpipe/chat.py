@@ -49,7 +49,8 @@ def check_checkpoint(folder: Path, need_template: bool) -> dict[str, Any]:
     if manifest is None:
         raise UserError("no readable manifest.json: not an llmpipe stage folder", file=str(folder))
     if manifest.get("status") != "complete":
-        raise UserError(f"checkpoint is '{manifest.get('status')}', not complete", file=str(folder / MANIFEST), field="status")
+        raise UserError(f"checkpoint is '{manifest.get('status')}', not complete", file=str(folder / MANIFEST), field="status",
+                        hint="finish the stage first: rerunning its command resumes it")
     if manifest.get("stage") == "tokenizer":
         raise UserError("a tokenizer folder holds no model", file=str(folder), hint="pass a pretrain, sft or dpo folder")
     template = folder / TEMPLATE_FILE
@@ -64,6 +65,11 @@ def check_checkpoint(folder: Path, need_template: bool) -> dict[str, Any]:
     elif need_template:
         raise UserError(f"checkpoint has no chat template ({TEMPLATE_FILE})", file=str(folder),
                         hint="use a folder written by llmpipe, or `generate --raw` for plain text")
+    from llmpipe.integrity import check_model_folder, verify_files
+
+    # The template was checked above (and is not needed with --raw); every other file must be as written.
+    verify_files(folder, manifest, skip=(TEMPLATE_FILE,))
+    check_model_folder(folder)
     return manifest
 
 
@@ -91,7 +97,8 @@ def load_checkpoint(folder: Path, device: str = "auto", need_template: bool = Tr
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the model or tokenizer: {str(e).splitlines()[0]}", file=str(folder)) from e
+        raise UserError(f"cannot load the model or tokenizer: {str(e).splitlines()[0]}", file=str(folder),
+                        hint="restore the checkpoint's files or retrain the stage") from e
     if need_template and not tokenizer.chat_template:
         raise UserError("tokenizer has no chat template", file=str(folder))
     set_generation_stops(model, tokenizer)
@@ -243,10 +250,14 @@ def parse_prompt_row(row: Any, raw: bool, where: dict[str, Any]) -> str | list[d
 def read_prompts(path: Path, raw: bool) -> list[str | list[dict[str, str]]]:
     """Prompts from a .txt file (one per line) or a JSONL file (`prompt` or `messages` per row)."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError("prompts file not found", file=str(path), field="--prompts",
+                        hint="give a JSONL file of {prompt} rows or a .txt file, one prompt per line")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read prompts file: {type(e).__name__}", file=str(path)) from e
+        raise UserError(f"cannot read prompts file: {type(e).__name__}", file=str(path), field="--prompts",
+                        hint="give a UTF-8 text file") from e
     prompts: list[str | list[dict[str, str]]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -258,7 +269,7 @@ def read_prompts(path: Path, raw: bool) -> list[str | list[dict[str, str]]]:
         try:
             row = json.loads(line)
         except ValueError as e:
-            raise UserError(f"not valid JSON ({e.msg})", **where) from None
+            raise UserError(f"not valid JSON ({getattr(e, 'msg', e)})", **where) from None
         prompts.append(parse_prompt_row(row, raw, where))
     if not prompts:
         raise UserError("no prompts in file", file=str(path))

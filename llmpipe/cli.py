@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from llmpipe.console import quiet_libraries
-from llmpipe.errors import EXIT_USER_ERROR, UserError
+from llmpipe.errors import EXIT_USER_ERROR, UserError, os_error_line
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -50,6 +50,14 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         typer.echo("interrupted: the stage's work folder keeps its last checkpoint; rerun to resume", err=True)
         raise typer.Exit(130) from None
+    except OSError as e:
+        # A full disk or a read-only folder is the machine's state, not a bug: one line. Any other
+        # OSError (a file llmpipe itself should have written, say) keeps its traceback.
+        line = os_error_line(e)
+        if debug or line is None:
+            raise
+        typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
@@ -67,7 +75,8 @@ def _load(args: list[str] | None, stage: str | None, device: str | None) -> Any:
         overrides.append(f"device={device}")
     for extra in overrides:
         if "=" not in extra:
-            raise UserError(f"'{extra}' is not key=value (only the first argument can be a recipe file)")
+            raise UserError(f"'{extra}' is not key=value (only the first argument can be a recipe file)",
+                            hint="write overrides like pretrain.max_steps=10")
     recipe = load_recipe(recipe_path, overrides, stage=stage)
     if recipe.device != "auto" or recipe.precision != "auto":
         # Checked before any stage runs, so `run --device cuda` on a CPU box fails in a second.
@@ -86,6 +95,8 @@ def _echo(text: str) -> None:
 
 
 def _run_dir(recipe: Any, out: Path | None) -> Path:
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError("is a file; --out takes a run folder", file=str(out), field="--out", hint="give a folder (new or a run folder)")
     return out if out is not None else Path("runs") / recipe.name
 
 
@@ -137,15 +148,20 @@ def sft(args: RecipeArg = None, out: OutOpt = None, parent: FromOpt = None, rest
     _stage_command("sft", args, out, parent, restart, device, debug)
 
 
-MethodOpt = Annotated[str | None, typer.Option(help="Preference method: dpo (default: the recipe's).")]
+MethodOpt = Annotated[str | None, typer.Option(help="Align method: dpo, kto, rlhf, grpo or rloo (default: the recipe's).")]
+RLOpt = Annotated[str | None, typer.Option("--rl", help="RL algorithm of --method rlhf: rloo or grpo (default: the recipe's, rloo).")]
+RewardModelOpt = Annotated[str | None, typer.Option("--reward-model", help="A finished reward stage folder (rlhf: not trained then).")]
 
 
 @app.command()
-def align(args: RecipeArg = None, method: MethodOpt = None,
+def align(args: RecipeArg = None, method: MethodOpt = None, rl: RLOpt = None, reward_model: RewardModelOpt = None,
           out: OutOpt = None, parent: FromOpt = None, restart: RestartOpt = False, device: DeviceOpt = None,
           debug: DebugOpt = False) -> None:
-    """Preference-tune the SFT model (DPO against the frozen SFT model)."""
-    _stage_command("align", args, out, parent, restart, device, debug, method=method)
+    """Align the SFT model: DPO (pairs) or KTO (unpaired good / bad replies) against the frozen SFT model,
+    or online RL (rlhf: reward model, then RLOO or GRPO against it; grpo / rloo: rule rewards such as exact
+    match), with a KL penalty to the SFT model."""
+    chosen = [f"align.{key}={value}" for key, value in (("rl", rl), ("reward_model", reward_model)) if value is not None]
+    _stage_command("align", [*(args or []), *chosen], out, parent, restart, device, debug, method=method)
 
 
 @app.command()
@@ -194,7 +210,7 @@ def summary(run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. run
     from llmpipe.summary import render_table
 
     if not run_dir.is_dir():
-        typer.echo(f"error: {run_dir}: run folder not found", err=True)
+        typer.echo(f"error: {run_dir}: run folder not found — give a run folder such as runs/tiny", err=True)
         raise typer.Exit(EXIT_USER_ERROR)
     typer.echo(render_table(run_dir))
 
@@ -369,6 +385,28 @@ def generate(checkpoint: CheckpointArg, prompts: PromptsOpt, out: RepliesOpt = N
         except OSError as e:
             raise UserError(f"cannot write: {e.strerror}", file=str(out)) from None
         typer.echo(f"{out}: {len(rows)} replies", err=True)
+
+    _guard(debug, action)
+
+
+@app.command("export")
+def export_checkpoint(
+    checkpoint: Annotated[Path, typer.Argument(help="A finished stage folder, or with --merge a LoRA adapter folder.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new or empty).", show_default=False)],
+    merge: Annotated[bool, typer.Option("--merge", help="Merge a LoRA adapter (CHECKPOINT, or its adapter/) into its base.")] = False,
+    base: Annotated[Path | None, typer.Option("--base", help="With --merge: the adapter's base model (default: the one it names).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a plain Hugging Face model folder (safetensors, config, tokenizer, chat template; no llmpipe
+    files), checked to give the same logits as its source."""
+
+    def action() -> None:
+        quiet_libraries()
+        from llmpipe.export import export
+
+        result = export(checkpoint, out, merge, base)
+        merged = f", adapter merged into {result['merged_into']}" if result["merged_into"] else ""
+        typer.echo(f"{result['out']}: {', '.join(result['files'])}{merged}; max logit difference {result['max_logit_diff']:.2g}")
 
     _guard(debug, action)
 

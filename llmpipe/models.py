@@ -20,6 +20,14 @@ PRESETS: dict[str, dict[str, int]] = {
     "gpt2-124m": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},
 }
 
+# LoRA's default target modules per model family (the checkpoint's `model_type`, so that `--from` any
+# GPT-2 works); every preset above is GPT-2. GPT-2: the attention's fused q/k/v projection (c_attn),
+# both output projections (attn.c_proj, mlp.c_proj) and the MLP's input (c_fc); never lm_head, whose
+# weight TRL's fused log-prob loss reads directly, so an adapter there would not train.
+LORA_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+}
+
 
 def build_config(preset: str, tokenizer: Any) -> Any:
     """A GPT2Config for `preset` whose vocabulary and special-token ids are the tokenizer's."""

@@ -3,7 +3,7 @@
 - exact_match: the reply's final answer equals the row's `answer`. Numbers are compared as numbers
   (GSM8K's `#### 72`, `72.0`, `1,000`, `seven`, a trailing period all read as what they say); words
   as whole words, case and punctuation ignored (llmpipe.eval.metrics.answer_matches).
-- format: the reply ends on its own (end-of-turn token) as one short sentence.
+- format: the reply ends on its own (end-of-turn token) as one short sentence (not a bare word).
 - length: 0 up to LENGTH_LIMIT words, then falling linearly to -1 at twice that.
 
 `reward_functions` wraps them in TRL's reward-function shape: f(prompts, completions, completion_ids,
@@ -21,6 +21,8 @@ from typing import Any
 RULES = ("exact_match", "format", "length")
 # Replies longer than this many words start losing reward; the embedded data's answers take 2-8.
 LENGTH_LIMIT = 12
+# Fewer words than this is a bare answer ("Blue."), not a sentence.
+SENTENCE_MIN_WORDS = 3
 NUMBER_WORDS = {
     w: i for i, w in enumerate(
         "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -76,10 +78,11 @@ def _words(reply: str) -> int:
 
 
 def format_score(reply: str, stopped: bool) -> float:
-    """0.5 for ending on its own (not cut off at max_new_tokens), 0.5 for being one sentence of at most
-    LENGTH_LIMIT words that ends in . ! or ?."""
+    """0.5 for ending on its own (not cut off at max_new_tokens), 0.5 for being one sentence of
+    SENTENCE_MIN_WORDS to LENGTH_LIMIT words that ends in . ! or ?."""
     text = reply.strip()
-    one_sentence = bool(text) and text[-1] in ".!?" and len(_SENTENCE_END.findall(text)) == 1 and _words(text) <= LENGTH_LIMIT
+    one_sentence = (bool(text) and text[-1] in ".!?" and len(_SENTENCE_END.findall(text)) == 1
+                    and SENTENCE_MIN_WORDS <= _words(text) <= LENGTH_LIMIT)
     return 0.5 * stopped + 0.5 * one_sentence
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.console import is_main_process
-from llmpipe.errors import UserError
+from llmpipe.errors import UserError, writing
 
 MANIFEST = "manifest.json"
 # Which stages each stage accepts as its parent; the first is the default.
@@ -33,6 +33,7 @@ PARENTS: dict[str, tuple[str, ...]] = {
     "pretrain": ("tokenizer",),
     "sft": ("pretrain", "sft"),
     "dpo": ("sft", "dpo"),
+    "kto": ("sft", "kto", "dpo"),
     # Method rlhf: a reward model and a policy, both from the SFT model (or a DPO one, with --from).
     "reward": ("sft", "dpo"),
     "rlhf": ("sft", "dpo", "rlhf", "grpo", "rloo"),
@@ -59,11 +60,16 @@ def sha256_text(text: str) -> str:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        # A full disk fails in write or fsync, with no file name: name the file being written.
+        with writing(path), open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written temporary left behind
+        raise
     os.replace(tmp, path)
 
 
@@ -98,6 +104,9 @@ def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> P
         if not parent.exists() and len(allowed) > 1 and (Path(run_dir) / allowed[1]).exists():
             parent = Path(run_dir) / allowed[1]
     _restore_interrupted_swap(parent)
+    if parent.is_file():
+        raise UserError("is a file; --from takes a stage folder", file=str(parent), field="--from",
+                        hint=f"pass the folder that holds it, e.g. {parent.parent}")
     if not parent.is_dir():
         hint = f"run 'llmpipe {_command_for(allowed[0])}' first, or pass --from PATH to a finished {allowed[0]} folder"
         raise UserError(f"parent checkpoint folder not found (needed by {stage})", file=str(parent), hint=hint)
@@ -128,7 +137,7 @@ def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> P
 def _command_for(stage: str) -> str:
     if stage == "reward":
         return "align --method rlhf"
-    return f"align --method {stage}" if stage in ("dpo", "rlhf", "grpo", "rloo") else stage
+    return f"align --method {stage}" if stage in ("dpo", "kto", "rlhf", "grpo", "rloo") else stage
 
 
 def _restore_interrupted_swap(final: Path) -> None:
@@ -203,19 +212,10 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return lines
 
 
-def newest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The trainer checkpoint with the highest step in `checkpoints_dir`, or None."""
-    checkpoints = sorted(
-        (p for p in Path(checkpoints_dir).glob("checkpoint-*") if p.is_dir()),
-        key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
-    )
-    return checkpoints[-1] if checkpoints else None
-
-
 def _same_settings(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    from llmpipe.config import stage_identity
+    from llmpipe.config import same_settings
 
-    return old is not None and stage_identity(old) == stage_identity(new)
+    return same_settings(old, new)
 
 
 @dataclass
@@ -316,7 +316,9 @@ class StageWriter:
         self.work_dir.mkdir(parents=True)
 
     def _find_resume_checkpoint(self) -> None:
-        self.resume_from = newest_checkpoint(self.checkpoints_dir)
+        from llmpipe.train.checkpoints import newest_valid_checkpoint
+
+        self.resume_from = newest_valid_checkpoint(self.checkpoints_dir)
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -326,7 +328,8 @@ class StageWriter:
     def save_manifest(self) -> None:
         """Write the current manifest into the work folder (atomically; first process only)."""
         if is_main_process():
-            write_json_atomic(self.work_dir / MANIFEST, self.manifest)
+            with writing(self.work_dir / MANIFEST):
+                write_json_atomic(self.work_dir / MANIFEST, self.manifest)
 
     def finish(self, summary: dict[str, Any]) -> Path:
         """Mark complete, hash the artefacts, and swap the work folder into the stage folder."""
@@ -371,7 +374,10 @@ class StageWriter:
         if not self.work_dir.exists():
             return
         self.manifest.update(status="failed", error=f"{type(error).__name__}: {error}")
-        self.save_manifest()
+        try:
+            self.save_manifest()
+        except OSError:
+            pass  # a full disk cannot take the note either; the original error is what to report
 
 
 def run_stage(stage: str, section: str, recipe: Any, run_dir: Path, parent: str | Path | None, restart: bool,
@@ -386,6 +392,11 @@ def run_stage(stage: str, section: str, recipe: Any, run_dir: Path, parent: str 
 
     check_suites(recipe, (section,))
     parent_dir = resolve_parent(stage, run_dir, parent) if PARENTS[stage] else None
+    if parent_dir is not None and (read_manifest(parent_dir) or {}).get("stage") != "tokenizer":  # a model parent
+        from llmpipe.integrity import check_model_folder
+
+        check_model_folder(parent_dir, max_length=getattr(recipe, section).max_length, max_length_key=f"{section}.max_length",
+                           source=recipe.source)
     writer = StageWriter(run_dir, stage, {**recipe.stage_config(section), **(inputs or {})}, parent=parent_dir, restart=restart)
     if writer.skip:
         say(f"{stage}: complete in {writer.final_dir}, skipping")
@@ -395,5 +406,6 @@ def run_stage(stage: str, section: str, recipe: Any, run_dir: Path, parent: str 
 
             raise regression_error(stage, writer.final_dir, gate)
         return writer.final_dir
-    with writer:
+    # An OSError without a file name (a full disk in the middle of a save) names the stage's work folder.
+    with writer, writing(writer.work_dir):
         return train(recipe, writer, parent_dir)

@@ -7,7 +7,7 @@ from typing import Any
 
 from llmpipe.runs import read_manifest
 
-STAGE_ORDER = ("tokenizer", "pretrain", "sft", "dpo")
+STAGE_ORDER = ("tokenizer", "pretrain", "sft", "dpo", "kto", "reward", "rlhf", "grpo", "rloo")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

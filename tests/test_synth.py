@@ -13,6 +13,7 @@ FILES = [
     "pretrain.train.jsonl", "pretrain.validation.jsonl",
     "sft.train.jsonl", "sft.validation.jsonl",
     "prefs.train.jsonl", "prefs.validation.jsonl", "probes.text.jsonl", "probes.chat.jsonl",
+    "verifiable.train.jsonl", "verifiable.validation.jsonl",
 ]
 
 

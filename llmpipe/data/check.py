@@ -41,8 +41,10 @@ def _render(kind: str, row: dict[str, Any], tokenizer: Any) -> tuple[int, str]:
         out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         return len(out["input_ids"]), _marked(tokenizer, out["input_ids"], out["assistant_masks"])
     prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True, return_dict=False)
+    if kind == "prompt":  # online RL: the policy writes the reply, nothing here carries loss
+        return len(prompt), tokenizer.decode(prompt) + (f" [answer: {row['answer']}]" if "answer" in row else "")
     lengths, parts = [], []
-    for key in ("chosen", "rejected"):
+    for key in [k for k in ("chosen", "rejected", "completion") if k in row]:
         full = tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=True, return_dict=False)
         lengths.append(len(full))
         parts.append(f"{key}: " + _marked(tokenizer, full, [0] * len(prompt) + [1] * (len(full) - len(prompt))))
@@ -78,9 +80,9 @@ def find_tokenizer(run_dir: Path, given: Path | None) -> Any:
 def check(recipe: Any, stage: str, run_dir: Path, tokenizer_dir: Path | None, examples: int) -> dict[str, Any]:
     """Load the stage's data as training would, and measure it. Returns the figures; `format_report` prints them."""
     from llmpipe.data.clean import row_text
-    from llmpipe.data.pipeline import heldout_texts, load_rows, stream_text
+    from llmpipe.data.pipeline import align_kind, heldout_texts, load_rows, stream_text
 
-    kind = KINDS[stage]
+    kind = align_kind(recipe.align.method) if stage == "align" else KINDS[stage]
     cfg = recipe.pretrain if stage == "tokenizer" else getattr(recipe, stage)
     if stage == "tokenizer":
         import dataclasses

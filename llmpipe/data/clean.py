@@ -43,14 +43,16 @@ def row_text(row: dict) -> str:
     """The text the filters look at.
 
     text rows: `row["text"]`; chat rows: the message contents joined by "\\n"; preference rows:
-    prompt, chosen and rejected contents joined by "\\n" (in that order).
+    prompt, chosen and rejected contents joined by "\\n" (in that order); unpaired (KTO) rows: prompt
+    and completion.
     """
     if "text" in row:
         return row["text"]
     if "messages" in row:
         return "\n".join(_contents(row["messages"]))
     if "chosen" in row or "prompt" in row:
-        return "\n".join(_contents(row.get("prompt")) + _contents(row.get("chosen")) + _contents(row.get("rejected")))
+        return "\n".join(_contents(row.get("prompt")) + _contents(row.get("chosen")) + _contents(row.get("rejected"))
+                         + _contents(row.get("completion")))
     raise ValueError(f"row has no text, messages or prompt/chosen/rejected: keys {sorted(row)}")
 
 

@@ -4,6 +4,8 @@
 - chat:       {"messages": [{"role": "user"|"assistant"|"system", "content": "..."}], ...extra fields}
 - preference: {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
 - prompt:     {"prompt": [messages], "answer"?: "..."} for online RL (also read from preference and chat rows)
+- unpaired:   {"prompt": [messages], "completion": [messages], "label": true|false} for KTO (preference
+              pairs are read too, and `unpair` turns each into a desirable and an undesirable row)
 
 Foreign shapes converted on the fly: alpaca (instruction/input/output), sharegpt (conversations with
 from/value), prompt/completion, hh-rlhf transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."), and
@@ -123,15 +125,10 @@ def to_preference(row: SourceRow) -> dict[str, Any]:
         while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
             shared += 1
         prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
-    check_messages(row, "prompt", prompt, need_assistant=False)
-    if prompt[-1]["role"] != "user":
-        raise _err(row, "prompt", "must end with a user turn")
-    for key, value in (("chosen", chosen), ("rejected", rejected)):
-        check_messages(row, key, value, need_assistant=True)
-        if any(m["role"] != "assistant" for m in value):
-            raise _err(row, key, "must hold assistant turns only (the prompt holds the rest)")
+    _check_prompt_replies(row, prompt, {"chosen": chosen, "rejected": rejected})
     if chosen == rejected:
-        raise _err(row, "rejected", "is identical to chosen, so the pair teaches nothing")
+        raise _err(row, "rejected", "is identical to chosen, so the pair teaches nothing",
+                   hint="give a worse reply as rejected, or drop the pair")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
@@ -158,7 +155,52 @@ def to_prompt(row: SourceRow) -> dict[str, Any]:
     return {"prompt": prompt, **({"answer": str(answer)} if answer is not None else {})}
 
 
-CONVERTERS = {"text": to_text, "chat": to_chat, "preference": to_preference, "prompt": to_prompt}
+def _check_prompt_replies(row: SourceRow, prompt: Any, replies: dict[str, Any]) -> None:
+    check_messages(row, "prompt", prompt, need_assistant=False)
+    if prompt[-1]["role"] != "user":
+        raise _err(row, "prompt", "must end with a user turn")
+    for key, value in replies.items():
+        check_messages(row, key, value, need_assistant=True)
+        if any(m["role"] != "assistant" for m in value):
+            raise _err(row, key, "must hold assistant turns only (the prompt holds the rest)")
+
+
+def to_unpaired(row: SourceRow) -> dict[str, Any]:
+    """A KTO row {"prompt", "completion", "label"} (TRL's unpaired preference format; strings become
+    one user / assistant turn), or a preference pair kept whole, so that a validation split never
+    separates its two halves; `unpair` expands pairs for training."""
+    data = row.data
+    if "chosen" in data or "rejected" in data:
+        return to_preference(row)
+    for key in ("prompt", "completion", "label"):
+        if key not in data:
+            raise _err(row, key, f"missing (row has {_keys(data)})",
+                       hint='KTO rows look like {"prompt": [...], "completion": [...], "label": true}, or preference pairs')
+    prompt, completion, label = data["prompt"], data["completion"], data["label"]
+    if not isinstance(label, bool):
+        raise _err(row, "label", f"must be true or false, got {label!r}", hint="true: a desirable completion, false: an undesirable one")
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if isinstance(completion, str):
+        completion = [{"role": "assistant", "content": completion}]
+    _check_prompt_replies(row, prompt, {"completion": completion})
+    return {"prompt": prompt, "completion": completion, "label": label}
+
+
+def unpair(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """KTO rows from unpaired rows and preference pairs: each pair becomes a desirable (chosen) and an
+    undesirable (rejected) row with the same prompt."""
+    out = []
+    for row in rows:
+        if "chosen" in row:
+            out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
+            out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
+        else:
+            out.append(row)
+    return out
+
+
+CONVERTERS = {"text": to_text, "chat": to_chat, "preference": to_preference, "prompt": to_prompt, "unpaired": to_unpaired}
 
 
 def _keys(data: dict[str, Any]) -> str:

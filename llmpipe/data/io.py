@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ def expand_paths(spec: str) -> list[Path]:
     else:
         raise UserError("data file not found", file=spec, hint="check the path (relative paths start at the current folder)")
     if not found:
-        raise UserError(f"no data files ({', '.join(SUFFIXES)}, optionally .gz) found here", file=spec)
+        raise UserError(f"no data files ({', '.join(SUFFIXES)}, optionally .gz) found here", file=spec,
+                        hint="check the pattern or folder, or name the files")
     return found
 
 
@@ -52,9 +54,11 @@ def _supported(path: Path) -> bool:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    # utf-8-sig: a byte-order mark (Excel's CSV export writes one) is dropped, not read as part of the
+    # first column's name or the first JSON line.
     if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
 def read_rows(spec: str) -> Iterator[SourceRow]:
@@ -78,7 +82,10 @@ def _read_file(path: Path) -> Iterator[SourceRow]:
                     try:
                         data = json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", file=where, line=number) from None
+                        raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", file=where, line=number,
+                                        hint="each line must be one complete JSON object") from None
+                    except ValueError as e:  # not a JSONDecodeError: an integer of over 4300 digits
+                        raise UserError(f"invalid JSON: {e}", file=where, line=number) from None
                     if not isinstance(data, dict):
                         raise UserError(f"expected a JSON object per line, got {type(data).__name__}", file=where, line=number)
                     yield SourceRow(data, where, number)
@@ -87,7 +94,10 @@ def _read_file(path: Path) -> Iterator[SourceRow]:
                 try:
                     data = json.load(f)
                 except json.JSONDecodeError as e:
-                    raise UserError(f"invalid JSON: {e.msg}", file=where, line=e.lineno) from None
+                    raise UserError(f"invalid JSON: {e.msg} (column {e.colno})", file=where, line=e.lineno,
+                                    hint="a .json data file holds one JSON list of objects") from None
+                except ValueError as e:  # not a JSONDecodeError: an integer of over 4300 digits
+                    raise UserError(f"invalid JSON: {e}", file=where) from None
             if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
                 data = next(iter(data.values()))  # {"data": [...]} style wrappers
             if not isinstance(data, list):
@@ -99,12 +109,25 @@ def _read_file(path: Path) -> Iterator[SourceRow]:
                 yield SourceRow(row, where, index + 1)
         elif name.endswith(".csv"):
             with _open_text(path) as f:
-                for number, row in enumerate(csv.DictReader(f), start=2):
-                    yield SourceRow(dict(row), where, number)
+                reader = csv.DictReader(f)
+                try:
+                    for row in reader:
+                        if None in row:  # DictReader files extra cells under the key None
+                            raise UserError(f"has {len(row) - 1 + len(row[None])} cells but the header names {len(row) - 1}",
+                                            file=where, line=reader.line_num, hint="quote cells that hold commas")
+                        yield SourceRow(dict(row), where, reader.line_num)
+                except csv.Error as e:
+                    raise UserError(f"invalid CSV: {e}", file=where, line=reader.line_num, hint="fix the quoting on that line") from None
         elif name.endswith(".parquet"):
+            import pyarrow
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            try:
+                table = pq.read_table(path)
+            except pyarrow.ArrowException as e:  # ArrowInvalid: not Parquet, truncated, bad footer
+                detail = str(e).splitlines()[0].split(". ")[0]  # pyarrow's first sentence says what is wrong
+                raise UserError(f"not a readable Parquet file ({detail})", file=where,
+                                hint="write it again with pandas/pyarrow, or use JSONL") from None
             for index, row in enumerate(table.to_pylist()):
                 yield SourceRow(row, where, index + 1)
         elif name.endswith(".txt"):
@@ -115,8 +138,10 @@ def _read_file(path: Path) -> Iterator[SourceRow]:
             raise UserError(f"unsupported file type; use one of {', '.join(SUFFIXES)}", file=where)
     except UnicodeDecodeError:
         raise UserError("file is not UTF-8 text", file=where, hint="re-encode it as UTF-8") from None
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read file: {e}", file=where) from None
+    except RecursionError:
+        raise UserError("JSON nested too deeply to read", file=where, hint="flatten the rows") from None
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a .gz whose compressed data is damaged
+        raise UserError(f"cannot read file: {e}", file=where, hint="check that the file is whole and of the type its name says") from None
 
 
 def _read_hub(spec: str) -> Iterator[SourceRow]:

@@ -62,6 +62,7 @@ def _converted(spec: str, kind: str, cfg: Any, report: DataReport | None) -> Ite
     if report is not None:
         record.update(file_record(spec))
         report.sources.append(record)
+    invalid = None
     for raw in read_rows(spec):
         if cfg.columns:
             raw = SourceRow({cfg.columns.get(k, k): v for k, v in raw.data.items()}, raw.file, raw.line)
@@ -70,13 +71,19 @@ def _converted(spec: str, kind: str, cfg: Any, report: DataReport | None) -> Ite
         except UserError as error:
             if cfg.bad_rows == "fail":
                 raise
+            invalid = invalid or error
             if report is not None:
                 report.invalid[f'"{error.field}" {error.what}' if error.field else error.what] += 1
             continue
         record["rows"] += 1
         yield row
+    if record["rows"] == 0 and invalid is None:
+        raise UserError("holds no usable rows: it has no rows at all", file=spec, hint="give a file with data")
     if record["rows"] == 0:
-        raise UserError("holds no usable rows", file=spec, hint="check the file, or bad_rows=fail to see why rows fail")
+        # Every row was skipped: say why the first one failed, so that no second run is needed.
+        reason = f'"{invalid.field}" {invalid.what}' if invalid.field else invalid.what
+        raise UserError(f"holds no usable rows; the first (line {invalid.line}) fails with: {reason}", file=spec,
+                        hint="fix the rows, or map their columns with columns={...}")
 
 
 def _validation_rows(kind: str, cfg: Any, report: DataReport) -> list[dict[str, Any]]:
@@ -178,16 +185,23 @@ def _with_own(references: list[str], validation: list[dict[str, Any]], cfg: Any)
     return list(references) + [row_text(r) for r in validation] if cfg.cleaning.decontaminate else list(references)
 
 
+def align_kind(method: str) -> str:
+    """The row kind the align stage reads for `method`: prompts for online RL, unpaired rows (or
+    pairs) for KTO, preference pairs for DPO."""
+    from llmpipe.config import RL_METHODS
+
+    return "prompt" if method in RL_METHODS else "unpaired" if method == "kto" else "preference"
+
+
 def heldout_texts(recipe: Any) -> list[str]:
     """Texts of the run's held-out chat, preference and prompt rows (explicit validation files only).
 
     Every stage's training rows are decontaminated against them. Pretraining is not checked against
     its own held-out split: text split at random shares boilerplate n-grams with itself."""
-    from llmpipe.config import RL_METHODS
     from llmpipe.data.clean import row_text
 
     texts = []
-    sections = [("chat", recipe.sft), ("prompt" if recipe.align.method in RL_METHODS else "preference", recipe.align)]
+    sections = [("chat", recipe.sft), (align_kind(recipe.align.method), recipe.align)]
     if recipe.align.method == "rlhf":  # the reward model's held-out pairs
         sections.append(("preference", recipe.reward))
     for kind, cfg in sections:

@@ -412,6 +412,25 @@ def _probe_rows(seed: int) -> dict[str, list[dict]]:
     return {"probes.text.jsonl": text, "probes.chat.jsonl": chat}
 
 
+def _verifiable_rows(seed: int) -> dict[str, list[dict]]:
+    """Prompt rows with a checkable `answer` for RL with rule rewards (llmpipe.rewards.exact_match).
+
+    Every question phrasing of every fact: train on the facts SFT trains on, validation on the
+    held-out ones (the same split as SFT's, recomputed from a fresh `random.Random(seed)`). A separate
+    random stream for the order keeps the older files byte-identical.
+    """
+    facts = build_world(seed)
+    train_facts, held_facts = _split_facts(random.Random(seed), facts)
+    rng = random.Random(f"verifiable-{seed}")
+    out = {}
+    for name, pool in (("verifiable.train.jsonl", train_facts), ("verifiable.validation.jsonl", held_facts)):
+        rows = [{"prompt": [{"role": "user", "content": _fill(q, fact, fact[2], "")}], "answer": fact[2]}
+                for fact in pool for q in QUESTIONS[fact[0]]]
+        rng.shuffle(rows)
+        out[name] = rows
+    return out
+
+
 def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
     """Write rows as UTF-8 JSON lines with LF endings on every platform."""
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
@@ -445,6 +464,7 @@ def generate(out_dir: pathlib.Path, seed: int = 0) -> dict[str, int]:
         "prefs.validation.jsonl": _pref_rows(rng, held_facts, PREF_ROWS["validation"]),
     }
     datasets.update(_probe_rows(seed))
+    datasets.update(_verifiable_rows(seed))
     for name, rows in datasets.items():
         _write_jsonl(out_dir / name, rows)
     return {name: len(rows) for name, rows in datasets.items()}

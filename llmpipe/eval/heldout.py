@@ -84,7 +84,7 @@ def chat_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length
 
 def measure(model: Any, tokenizer: Any, kind: str, rows: list[dict[str, Any]], max_length: int, batch_size: int = 16,
             max_rows: int = 320) -> dict[str, Any]:
-    """The headline measures of `kind` (text, chat or preference) rows; `value` is the one compared."""
+    """The headline measures of `kind` (text, chat, preference or prompt) rows; `value` is the one compared."""
     from llmpipe.eval.metrics import preference_accuracy
 
     rows = rows[:max_rows]
@@ -94,5 +94,15 @@ def measure(model: Any, tokenizer: Any, kind: str, rows: list[dict[str, Any]], m
     if kind == "chat":
         result = chat_loss(model, tokenizer, rows, max_length, batch_size)
         return {"kind": "loss", "value": result["loss"], **result}
+    if kind == "prompt":  # RL prompts: greedy exact-match accuracy where rows carry an answer, else nothing to compare
+        from llmpipe.eval.rl import prompt_accuracy
+
+        result = prompt_accuracy(model, tokenizer, rows, 24)
+        return {"kind": "score", "value": result["accuracy"], **{k: v for k, v in result.items() if k != "samples"}}
+    if kind == "unpaired":  # KTO rows: desirable completions above the undesirable ones' mean
+        from llmpipe.eval.metrics import unpaired_accuracy
+
+        result = unpaired_accuracy(model, tokenizer, rows, batch_size)
+        return {"kind": "score", "value": result["accuracy"], **result}
     result = preference_accuracy(model, tokenizer, rows, batch_size)
     return {"kind": "score", "value": result["accuracy"], **result}

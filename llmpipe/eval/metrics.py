@@ -146,3 +146,18 @@ def preference_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], 
     wins = [c > r for c, r in zip(chosen, rejected)]
     margins = [c - r for c, r in zip(chosen, rejected)]
     return {"accuracy": sum(wins) / len(wins), "rows": len(rows), "mean_margin": sum(margins) / len(margins)}
+
+
+def unpaired_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> dict[str, Any]:
+    """For unpaired rows ({prompt, completion, label}, KTO's format): the share of desirable completions
+    the model gives a higher log-likelihood than the mean of the undesirable ones; `mean_margin` is the
+    gap between the two means. None when either kind is missing."""
+    good = [r for r in rows if r["label"]]
+    bad = [r for r in rows if not r["label"]]
+    if not good or not bad:
+        return {"accuracy": None, "rows": len(rows), "mean_margin": None}
+    good_logps = _completion_logps(model, tokenizer, [r["prompt"] for r in good], [r["completion"] for r in good], batch_size)
+    bad_logps = _completion_logps(model, tokenizer, [r["prompt"] for r in bad], [r["completion"] for r in bad], batch_size)
+    threshold = sum(bad_logps) / len(bad_logps)
+    return {"accuracy": sum(g > threshold for g in good_logps) / len(good_logps), "rows": len(rows),
+            "mean_margin": sum(good_logps) / len(good_logps) - threshold}

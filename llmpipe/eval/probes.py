@@ -60,9 +60,11 @@ def load_suite(path: str | Path) -> list[Probe]:
         raise UserError("probe suite not found", file=str(path), hint="give a JSONL file of probes (see llmpipe/eval/probes.py)")
     probes = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends, which splitlines
+        # would break, and line numbers must match what an editor shows.
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except UnicodeDecodeError:
-        raise UserError("probe suite is not UTF-8 text", file=str(path)) from None
+        raise UserError("probe suite is not UTF-8 text", file=str(path), hint="re-encode it as UTF-8") from None
     for number, line in enumerate(lines, 1):
         if line.strip():
             probes.append(_parse(line, str(path), number))
@@ -77,8 +79,10 @@ def _parse(line: str, file: str, number: int) -> Probe:
 
     try:
         row = json.loads(line)
-    except ValueError as e:
-        raise bad(None, f"not valid JSON ({e.msg})") from None
+    except ValueError as e:  # JSONDecodeError, or a plain ValueError for an integer of over 4300 digits
+        raise bad(None, f"not valid JSON ({getattr(e, 'msg', e)})", hint="each line must be one complete JSON object") from None
+    except RecursionError:
+        raise bad(None, "JSON nested too deeply to read") from None
     if not isinstance(row, dict):
         raise bad(None, "a probe must be a JSON object")
     prompt = row.get("prompt")
@@ -109,7 +113,7 @@ def _parse(line: str, file: str, number: int) -> Probe:
     if check == "regex":
         try:
             re.compile(answer)
-        except re.error as e:
+        except (re.error, OverflowError, RecursionError) as e:  # OverflowError: a repeat count like a{99999999999}
             raise bad("answer", f"is not a valid regular expression ({e})") from None
     max_new = row.get("max_new_tokens", 24)
     if not isinstance(max_new, int) or isinstance(max_new, bool) or not 1 <= max_new <= 4096:

@@ -1,4 +1,6 @@
-"""Align stage: preference tuning of the SFT model. `dpo`: TRL's DPOTrainer, frozen SFT as reference."""
+"""Align stage: preference tuning of the SFT model. `dpo`: TRL's DPOTrainer, frozen SFT as reference
+(any of config.DPO_LOSS_TYPES); `kto`: llmpipe/stages/kto.py; rlhf / grpo / rloo: llmpipe/stages/rl.py.
+With `align.lora.enabled` the policy trains LoRA adapters and the reference is the adapter-free model."""
 
 from __future__ import annotations
 
@@ -11,45 +13,36 @@ from llmpipe.console import say
 
 def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
     """Align the parent SFT checkpoint on the recipe's preference data; returns the stage folder."""
+    from llmpipe.config import RL_METHODS
     from llmpipe.runs import run_stage
 
-    # The stage folder is named after the method: runs/<run>/dpo.
-    return run_stage(recipe.align.method, "align", recipe, run_dir, parent, restart, _train_dpo)
+    if recipe.align.method in RL_METHODS:  # online RL: llmpipe/stages/rl.py (rlhf trains its reward model first)
+        from llmpipe.stages import rl
+
+        return rl.run(recipe, run_dir, parent, restart)
+    train = _train_dpo
+    if recipe.align.method == "kto":
+        from llmpipe.stages.kto import train
+    # The stage folder is named after the method: runs/<run>/dpo, runs/<run>/kto.
+    return run_stage(recipe.align.method, "align", recipe, run_dir, parent, restart, train)
 
 
 def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from llmpipe.data.pipeline import heldout_texts, load_rows
     from llmpipe.eval.metrics import preference_accuracy
-    from llmpipe.stages.sft import load_chat_tokenizer
-    from llmpipe.train.common import (
-        attach_monitor,
-        complete,
-        fit,
-        last_eval,
-        limit_rows,
-        set_generation_stops,
-        summary,
-        training_arguments,
-    )
+    from llmpipe.train.common import limit_rows, training_arguments
+    from llmpipe.train.preference import finish, fit_scored, load_data, policy_and_reference
 
     cfg = recipe.align
-    tokenizer = load_chat_tokenizer(parent_dir)
-    data = load_rows("preference", cfg, heldout_texts(recipe) if cfg.cleaning.decontaminate else [])
-    writer.manifest["data"] = data.report.to_manifest()
-    policy = AutoModelForCausalLM.from_pretrained(parent_dir)
-    # An explicit reference copy: with ref_model=None TRL re-loads the policy by name, which fails for
-    # a model that was built from a config (no hub id).
-    reference = AutoModelForCausalLM.from_pretrained(parent_dir)
-    set_generation_stops(policy, tokenizer)
-
+    tokenizer, data = load_data(recipe, writer, parent_dir, "preference")
+    policy, reference, lora = policy_and_reference(parent_dir, tokenizer, cfg)
     args = training_arguments(
         DPOConfig, cfg, recipe, writer,
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
+        label_smoothing=cfg.label_smoothing,
         max_length=cfg.max_length,
         include_num_input_tokens_seen="non_padding",
     )
@@ -60,14 +53,15 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         train_dataset=Dataset.from_list(data.train),
         eval_dataset=Dataset.from_list(limit_rows(data.validation, cfg)),
         processing_class=tokenizer,
+        peft_config=lora,
     )
-    # MFU counts the frozen reference's forward pass (2 of the policy's 6 FLOPs per parameter).
-    monitor = attach_monitor(trainer, recipe, cfg, writer, tokenizer, chat=True, flops_scale=8 / 6)
     scored = data.validation[: cfg.preference_rows]
-    before = preference_accuracy(trainer.model, tokenizer, scored) if writer.resume_from is None else {}
-    result = fit(trainer, writer, tokenizer, monitor)
-    final_eval = last_eval(trainer, monitor)
-    after = preference_accuracy(trainer.model, tokenizer, scored)
+    # MFU counts the frozen reference's forward pass (2 of the policy's 6 FLOPs per parameter). The
+    # robust loss goes below 0 and hinge's sits at exactly 0 once pairs clear the margin, so "3x the
+    # recent median" flags ordinary steps there (measured: robust stopped at step 31 of the tiny demo).
+    fitted = fit_scored(trainer, recipe, writer, tokenizer, lambda model: preference_accuracy(model, tokenizer, scored), 8 / 6,
+                        spikes=cfg.loss_type not in ("robust", "hinge"))
+    before, after, final_eval = fitted.before, fitted.after, fitted.final_eval
 
     writer.manifest["metrics"] = {
         "validation_loss": final_eval.get("eval_loss"),
@@ -79,12 +73,10 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         "logp_margin": after["mean_margin"],
         "preference_rows": after["rows"],
     }
-    writer.manifest["evals"] = result.history
     say(
-        f"dpo: held-out preference accuracy {before.get('accuracy')} -> {after['accuracy']:.3f}; "
+        f"dpo ({cfg.loss_type}): held-out preference accuracy {before.get('accuracy')} -> {after['accuracy']}; "
         f"reward accuracy {final_eval.get('eval_rewards/accuracies')}, margin {final_eval.get('eval_rewards/margins')}"
     )
     metric = {"name": "held-out preference accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
     heldout = [("preference-validation", "preference", limit_rows(data.validation, cfg))]
-    return complete(writer, cfg, trainer.model, tokenizer, parent_dir, summary(result, final_eval.get("eval_loss"), metric),
-                    heldout, monitor)
+    return finish(trainer, recipe, writer, tokenizer, parent_dir, fitted, metric, heldout)

@@ -1,4 +1,5 @@
-"""SFT stage: chat tuning of the pretrained model with TRL's SFTTrainer, loss on assistant turns only."""
+"""SFT stage: chat tuning of the pretrained model with TRL's SFTTrainer, loss on assistant turns only
+(all weights, or LoRA adapters with `sft.lora.enabled`: see llmpipe/train/lora.py)."""
 
 from __future__ import annotations
 
@@ -56,19 +57,19 @@ def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart
 
 def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
     from llmpipe.data.pipeline import heldout_texts, load_rows
     from llmpipe.eval.metrics import answer_accuracy
     from llmpipe.train.common import attach_monitor, complete, fit, last_eval, limit_rows, set_generation_stops, summary
+    from llmpipe.train.lora import load_model, peft_config
     from llmpipe.train.packing import use_packed_blocks
 
     cfg = recipe.sft
     tokenizer = load_chat_tokenizer(parent_dir)
     data = load_rows("chat", cfg, heldout_texts(recipe) if cfg.cleaning.decontaminate else [])
     writer.manifest["data"] = data.report.to_manifest()
-    model = AutoModelForCausalLM.from_pretrained(parent_dir)
+    model = load_model(parent_dir)
     set_generation_stops(model, tokenizer)
 
     train_set = Dataset.from_list([{"messages": r["messages"]} for r in data.train])
@@ -79,6 +80,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
+        peft_config=peft_config(cfg.lora, model, "sft"),  # None: full fine-tuning
     )
     if cfg.packing:
         use_packed_blocks(trainer, tokenizer, cfg.max_length)

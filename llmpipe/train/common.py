@@ -134,14 +134,15 @@ def last_eval(trainer: Any, monitor: Any) -> dict[str, Any]:
 
 
 def fit(trainer: Any, writer: StageWriter, tokenizer: Any, monitor: Any) -> FitResult:
-    """Train (resuming from the newest checkpoint of an interrupted run), then save model + tokenizer.
+    """Train (resuming from the newest checkpoint of an interrupted run), then save model + tokenizer
+    (a LoRA model: its adapter and the merged model, see llmpipe.train.lora) and the parameter counts.
 
     A NaN or spiking loss is handled by the monitor's policy: `rollback` resumes from the last
     checkpoint with a lower learning rate; `stop`, or no checkpoint to go back to, raises
     TrainingDiverged with the last good checkpoint left in the work folder. The model goes to the
     work folder; `writer.finish` moves it into place once the stage's metrics are written.
     """
-    from llmpipe.runs import newest_checkpoint
+    from llmpipe.train.checkpoints import Interrupted, newest_valid_checkpoint
     from llmpipe.train.monitor import TrainingDiverged
 
     resume, guard, policy = writer.resume_from, monitor.guard, writer.config.get("monitor", {})
@@ -150,9 +151,15 @@ def fit(trainer: Any, writer: StageWriter, tokenizer: Any, monitor: Any) -> FitR
     started = time.time()
     while True:
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if monitor.stopper.requested is not None:
+            raise Interrupted(
+                f"{writer.stage}: stopped by {monitor.stopper.requested} at step {trainer.state.global_step}",
+                file=str(newest_valid_checkpoint(writer.checkpoints_dir) or writer.work_dir),
+                hint="the checkpoint is saved; rerun the same command to resume from it",
+            )
         if guard.pending is None:
             break
-        last_good = newest_checkpoint(writer.checkpoints_dir)
+        last_good = newest_valid_checkpoint(writer.checkpoints_dir)
         bad = guard.anomalies[-1]
         if guard.pending == "rollback" and last_good is not None and guard.rollbacks < policy.get("max_rollbacks", 0):
             guard.prepare_rollback()
@@ -175,10 +182,10 @@ def fit(trainer: Any, writer: StageWriter, tokenizer: Any, monitor: Any) -> FitR
     # `training_loss` averages over the whole run, early high losses included.
     logged = [h["loss"] for h in monitor.history if "loss" in h]
     loss = logged[-1] if logged else (output.training_loss if output is not None else None)
-    # Every process calls save_model (it gathers DDP/FSDP shards); only the first one writes.
-    trainer.save_model(str(writer.work_dir))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(writer.work_dir))
+    from llmpipe.train.lora import parameter_counts, save_trained
+
+    writer.manifest["parameters"] = parameter_counts(trainer.model)
+    save_trained(trainer, writer, tokenizer)  # a LoRA model: adapter/ plus the merged model
     return FitResult(
         steps=state.global_step,
         tokens=int(state.num_input_tokens_seen or 0) - int(monitor.progress.tokens_at_start),
@@ -241,3 +248,34 @@ def set_generation_stops(model: Any, tokenizer: Any) -> None:
     model.generation_config.eos_token_id = [end, tokenizer.eos_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+
+
+def stop_token_ids(model: Any) -> list[int]:
+    """The token ids that end a reply, from the model's generation config (see set_generation_stops)."""
+    eos = model.generation_config.eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+@dataclass
+class Measured:
+    """One fit with held-out measures before and after: what a stage's metrics and summary are made of."""
+
+    result: FitResult
+    final_eval: dict[str, Any]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    monitor: Any
+
+
+def fit_measured(trainer: Any, recipe: Recipe, cfg: TrainConfig, writer: StageWriter, tokenizer: Any, measure: Any, *,
+                 flops_scale: float = 1.0, spikes: bool = True) -> Measured:
+    """Attach the monitor (chat), `measure(model)` on held-out rows, train, evaluate, measure again;
+    the log history goes to the manifest. `flops_scale` and `spikes`: see attach_monitor."""
+    monitor = attach_monitor(trainer, recipe, cfg, writer, tokenizer, chat=True, flops_scale=flops_scale, spikes=spikes)
+    # A resumed run has no "before": the model in memory is already part-trained.
+    before = measure(trainer.model) if writer.resume_from is None else {}
+    result = fit(trainer, writer, tokenizer, monitor)
+    final_eval = last_eval(trainer, monitor)
+    after = measure(trainer.model)
+    writer.manifest["evals"] = result.history
+    return Measured(result, final_eval, before, after, monitor)

@@ -55,7 +55,10 @@ class Monitor:
         self.progress = _progress(setup, self.peak)
         self.guard = _guard(trainer, cfg, setup.stage, setup.spikes)
         self.prober = _probe_runner(trainer, tokenizer, setup) if setup.probe_suites or setup.sample_prompts else None
-        callbacks = [self.progress, self.guard] + ([self.prober] if self.prober else [])
+        from llmpipe.train.checkpoints import checkpoint_callbacks
+
+        sealer, self.stopper = checkpoint_callbacks()
+        callbacks = [self.progress, self.guard, sealer, self.stopper] + ([self.prober] if self.prober else [])
         from transformers.integrations import TensorBoardCallback
         from transformers.trainer_callback import PrinterCallback
 
@@ -210,7 +213,8 @@ def _guard(trainer: Any, cfg: Any, stage: str, spikes: bool = True) -> Any:
             kind = None
             if bad_grads or not torch.isfinite(values[0]):
                 kind = "nan"
-            elif spikes and reference is not None and loss_value > cfg.spike_factor * reference:
+            # A ratio to the median means nothing for losses that reach 0 or below (hinge, robust DPO).
+            elif spikes and reference is not None and reference > 0 and loss_value > cfg.spike_factor * reference:
                 kind = "spike"
             if kind is None and step not in self.skip_steps:
                 self.recent.append(loss_value)

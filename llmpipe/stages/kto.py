@@ -1,0 +1,97 @@
+"""KTO, `llmpipe align --method kto`: TRL's KTOTrainer on unpaired good / bad completions, against the
+frozen SFT model (Ethayarajh et al. 2024, Kahneman-Tversky Optimization).
+
+Rows are {"prompt": [messages], "completion": [messages], "label": true|false}, TRL's unpaired
+preference format; preference pairs are read too, each as one desirable and one undesirable row. The
+stage folder is runs/<run>/kto; the align stage's `run` calls `train` here.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from llmpipe.config import Recipe
+from llmpipe.console import say
+
+
+def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
+    """Train KTO from the parent checkpoint into the writer's work folder; returns the stage folder."""
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    from llmpipe.data.formats import unpair
+    from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
+    from llmpipe.train.common import limit_rows, training_arguments
+    from llmpipe.train.preference import finish, fit_scored, load_data, policy_and_reference
+
+    cfg = recipe.align
+    tokenizer, data = load_data(recipe, writer, parent_dir, "unpaired")
+    policy, reference, lora = policy_and_reference(parent_dir, tokenizer, cfg)
+    train_rows = _shuffled(unpair(data.train), recipe.seed)
+    writer.manifest["data"]["kto_train_rows"] = {"desirable": sum(r["label"] for r in train_rows),
+                                                 "undesirable": sum(not r["label"] for r in train_rows)}
+    args = training_arguments(
+        KTOConfig, cfg, recipe, writer,
+        beta=cfg.beta,
+        desirable_weight=cfg.desirable_weight,
+        undesirable_weight=cfg.undesirable_weight,
+        max_length=cfg.max_length,
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = KTOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(_shuffled(unpair(limit_rows(data.validation, cfg)), recipe.seed)),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+
+    # Held-out scores: pairs by preference accuracy, unpaired rows by how many desirable completions
+    # beat the undesirable ones' mean log-likelihood.
+    scored = data.validation[: cfg.preference_rows]
+    pairs = [r for r in scored if "chosen" in r]
+    singles = [r for r in scored if "chosen" not in r]
+
+    def score(model: Any) -> dict[str, Any]:
+        return {"pairs": preference_accuracy(model, tokenizer, pairs), "unpaired": unpaired_accuracy(model, tokenizer, singles)}
+
+    # MFU: besides the policy's forward + backward (6 FLOPs per parameter), gradient-free forwards of
+    # the policy on the KL completions and of the reference on both (2 each).
+    fitted = fit_scored(trainer, recipe, writer, tokenizer, score, 12 / 6)
+    before, after, final_eval = fitted.before, fitted.after, fitted.final_eval
+    writer.manifest["metrics"] = {
+        "validation_loss": final_eval.get("eval_loss"),
+        "reward_margin": final_eval.get("eval_rewards/margins"),
+        "reward_chosen": final_eval.get("eval_rewards/chosen"),
+        "reward_rejected": final_eval.get("eval_rewards/rejected"),
+        "kl": final_eval.get("eval_kl"),
+        "preference_accuracy_before": before.get("pairs", {}).get("accuracy"),
+        "preference_accuracy": after["pairs"]["accuracy"],
+        "logp_margin_before": before.get("pairs", {}).get("mean_margin"),
+        "logp_margin": after["pairs"]["mean_margin"],
+        "preference_rows": after["pairs"]["rows"],
+        "unpaired_accuracy_before": before.get("unpaired", {}).get("accuracy"),
+        "unpaired_accuracy": after["unpaired"]["accuracy"],
+        "unpaired_rows": after["unpaired"]["rows"],
+    }
+    # The headline: pairs where there are any (comparable with DPO), else the unpaired measure.
+    key, name = ("pairs", "held-out preference accuracy") if pairs else ("unpaired", "held-out desirable-above-undesirable share")
+    metric = {"name": name, "before": before.get(key, {}).get("accuracy"), "after": after[key]["accuracy"]}
+    say(f"kto: {name} {metric['before']} -> {metric['after']}; reward margin {final_eval.get('eval_rewards/margins')}, "
+        f"kl {final_eval.get('eval_kl')}")
+    heldout = [("preference-validation", "preference", limit_rows([r for r in data.validation if "chosen" in r], cfg)),
+               ("unpaired-validation", "unpaired", limit_rows([r for r in data.validation if "chosen" not in r], cfg))]
+    return finish(trainer, recipe, writer, tokenizer, parent_dir, fitted, metric, heldout)
+
+
+def _shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    # KTOTrainer reads batches in order (its KL term pairs each prompt with a batch neighbour's
+    # completion), so mix them once here: an unpaired pair's halves would sit side by side, sharing
+    # a prompt, and a file sorted by label would give one-sided batches.
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    return rows

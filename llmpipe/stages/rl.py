@@ -1,0 +1,168 @@
+"""Online RL stages of align: the policy samples replies to prompts, a reward scores them, and TRL's
+RLOOTrainer or GRPOTrainer pushes the policy toward the better ones, with a KL penalty (`beta`) to the
+frozen SFT model.
+
+- rlhf: the reward is a reward model (trained first in runs/<run>/reward, or `align.reward_model`),
+  optionally plus rule rewards; the algorithm is `align.rl` (rloo or grpo). Folder runs/<run>/rlhf.
+- grpo / rloo: the reward is the rule rewards of llmpipe/rewards.py (`align.rewards`, default
+  exact_match against each row's `answer`), optionally plus a reward model. Folder runs/<run>/<method>.
+
+The policy generates with the chat template and stops at the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from llmpipe.config import Recipe
+from llmpipe.console import say
+from llmpipe.errors import UserError
+
+
+def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
+    """Train the policy of method rlhf, grpo or rloo (rlhf first trains or reuses its reward model)."""
+    from llmpipe.runs import manifest_sha, run_stage
+    from llmpipe.stages import reward
+
+    cfg = recipe.align
+    if cfg.reward_model:  # checked before anything trains, so a wrong path costs a second
+        reward_dir: Path | None = reward.check_reward_folder(cfg.reward_model)
+    elif cfg.method == "rlhf":
+        reward_dir = reward.run(recipe, run_dir, parent, restart)
+    else:
+        reward_dir = None
+    # The reward model decides the result as much as the parent does: a changed one is a changed stage.
+    inputs = {"reward_model_sha256": manifest_sha(reward_dir)} if reward_dir is not None else {}
+    return run_stage(cfg.method, "align", recipe, run_dir, parent, restart, partial(_train, reward_dir=reward_dir), inputs)
+
+
+def rule_names(cfg: Any) -> list[str]:
+    """The rule rewards a method uses: the recipe's, else exact_match for grpo/rloo and none for rlhf."""
+    return list(cfg.rewards) or ([] if cfg.method == "rlhf" else ["exact_match"])
+
+
+def _check_answers(rows: list[dict[str, Any]], rules: list[str], cfg: Any) -> None:
+    missing = sum(1 for r in rows if not r.get("answer"))
+    if "exact_match" in rules and missing:
+        raise UserError(
+            f"exact_match needs an 'answer' in every prompt row; {missing} of {len(rows)} have none",
+            file=cfg.train_files[0], field="answer",
+            hint="use rows like {\"prompt\": [...], \"answer\": \"7\"} (e.g. data/verifiable.train.jsonl), "
+            "or choose other align.rewards",
+        )
+
+
+def _trainer_classes(algorithm: str) -> tuple[type, type]:
+    if algorithm == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        return GRPOConfig, GRPOTrainer
+    from trl import RLOOConfig, RLOOTrainer
+
+    return RLOOConfig, RLOOTrainer
+
+
+def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | None) -> Path:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from llmpipe.data.pipeline import heldout_texts, load_rows
+    from llmpipe.eval.rl import policy_metrics
+    from llmpipe.rewards import reward_functions
+    from llmpipe.runs import manifest_sha
+    from llmpipe.stages.reward import load_reward_model
+    from llmpipe.stages.sft import load_chat_tokenizer
+    from llmpipe.train.common import complete, fit_measured, set_generation_stops, stop_token_ids, summary, training_arguments
+    from llmpipe.train.lora import load_model, peft_config
+
+    cfg = recipe.align
+    algorithm = cfg.rl if cfg.method == "rlhf" else cfg.method
+    rules = rule_names(cfg)
+    tokenizer = load_chat_tokenizer(parent_dir)
+    data = load_rows("prompt", cfg, heldout_texts(recipe) if cfg.cleaning.decontaminate else [])
+    _check_answers(data.train, rules, cfg)
+    writer.manifest["data"] = data.report.to_manifest()
+    # Loaded from its folder: TRL builds the frozen reference by re-loading the policy's name_or_path
+    # (with LoRA there is no copy: the reference is the policy with its adapters disabled).
+    policy = load_model(parent_dir)
+    set_generation_stops(policy, tokenizer)  # else sampling runs to max_new_tokens every time
+
+    reward_model = reward_tokenizer = None
+    funcs: list[Any] = []
+    if reward_dir is not None:
+        reward_model, reward_tokenizer = load_reward_model(reward_dir)
+        funcs.append(reward_model)
+        writer.manifest["reward_model"] = {"path": str(reward_dir.resolve()), "stage": "reward",
+                                           "manifest_sha256": manifest_sha(reward_dir)}
+    funcs += reward_functions(rules, stop_token_ids(policy))
+
+    config_class, trainer_class = _trainer_classes(algorithm)
+    args = training_arguments(
+        config_class, cfg, recipe, writer,
+        beta=cfg.beta,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=0,
+        disable_dropout=True,
+        log_completions=False,
+    )
+    # Each prompt's completions form one group: the eval set is cut to whole batches of groups.
+    eval_rows = data.validation[: cfg.eval_batches * (cfg.batch_size // cfg.num_generations)]
+    columns = ["prompt", "answer"] if all("answer" in r for r in data.train) else ["prompt"]
+    trainer = trainer_class(
+        model=policy,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in data.train]),
+        eval_dataset=Dataset.from_list([{k: r[k] for k in columns if k in r} for r in eval_rows]),
+        processing_class=tokenizer,
+        reward_processing_classes=[reward_tokenizer] * (reward_model is not None) + [None] * len(rules),
+        peft_config=peft_config(cfg.lora, policy, "align"),
+    )
+    # MFU, roughly: besides the trained forward+backward (6 FLOPs/param/token), every token is also
+    # generated and scored by the policy, the reference and the reward model (2 each).
+    flops_scale = (6 + 2 * (3 + (reward_model is not None))) / 6
+
+    heldout = data.validation[: cfg.heldout_prompts]
+    # With LoRA the trainer holds no reference copy (it disables the adapters); measuring needs one.
+    reference = trainer.ref_model
+    if reference is None:
+        reference = AutoModelForCausalLM.from_pretrained(parent_dir).to(next(trainer.model.parameters()).device)
+
+    def measure(model: Any) -> dict[str, Any]:
+        # Under the trainer's autocast, as training runs the policy, reference and reward model: a KL
+        # between an fp32 and a bf16 forward of the same weights would not be 0.
+        with trainer.accelerator.autocast():
+            return policy_metrics(model, reference, tokenizer, heldout, cfg, rules, reward_model, reward_tokenizer, recipe.seed)
+
+    # The policy-gradient loss sits near 0 and changes sign: only the NaN guard applies (spikes=False).
+    run = fit_measured(trainer, recipe, cfg, writer, tokenizer, measure, flops_scale=flops_scale, spikes=False)
+    before, after, final_eval = run.before, run.after, run.final_eval
+
+    metrics: dict[str, Any] = {"algorithm": algorithm, "rewards": (["reward_model"] if reward_model is not None else []) + rules,
+                               "validation_loss": final_eval.get("eval_loss"), "heldout_prompts": len(heldout)}
+    for key, value in after.items():
+        if key != "samples":
+            metrics[f"{key}_before"], metrics[key] = before.get(key), value
+    metrics.update(max_kl=cfg.max_kl, kl_within_bound=after["kl"] <= cfg.max_kl, samples=after.get("samples", []))
+    writer.manifest["metrics"] = metrics
+
+    if "exact_match" in rules:
+        name, key = "held-out exact-match accuracy", "exact_match_accuracy"
+    elif reward_model is not None and not rules:
+        name, key = "held-out reward-model score", "reward_model_score"
+    else:
+        name, key = "held-out mean reward", "mean_reward"
+    metric = {"name": name, "before": before.get(key), "after": after[key]}
+    say(f"{cfg.method}: {name} {_fmt(before.get(key))} -> {_fmt(after[key])}; KL to the SFT model {_fmt(after['kl'])} nats per reply "
+        f"({'within' if after['kl'] <= cfg.max_kl else 'ABOVE'} align.max_kl={cfg.max_kl:g})")
+    protected = [(f"{cfg.method}-prompts", "prompt", heldout)]
+    return complete(writer, cfg, trainer.model, tokenizer, parent_dir, summary(run.result, final_eval.get("eval_loss"), metric),
+                    protected, run.monitor)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
