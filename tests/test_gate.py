@@ -77,8 +77,11 @@ def test_planted_regression_stops_the_run(sky_world: list[str], tmp_path: Path):
     message = errors[0]
     assert "sft regressed against its parent pretrain" in message and "sft.gate.action=warn" in message
     gate = read_manifest(run / "sft")["gate"]
-    failed = {c["name"] for c in gate["checks"] if not c["passed"]}
-    assert "pretrain-validation" in failed  # the blue-sky text became much less likely
+    checks = {c["name"]: c for c in gate["checks"]}
+    # The model forgot the probe: pretraining made it prefer " blue", SFT turned that into " green".
+    assert not checks["sky.probes"]["passed"]
+    assert (checks["sky.probes"]["parent"], checks["sky.probes"]["child"]) == (1.0, 0.0)
+    assert checks["pretrain-validation"]["child"] > checks["pretrain-validation"]["parent"]
     assert not (run / "dpo").exists()  # the run stopped before the next stage
     assert (run / "report" / "report.md").is_file()
 
