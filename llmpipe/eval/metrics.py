@@ -48,6 +48,20 @@ def text_ids(tokenizer: Any, text: str) -> list[int]:
     return [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of tokenized prompts padded on the left, as batched generation
+    needs: every row continues from the right edge."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
 def generate_from_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[str]:
     """Greedy continuations of tokenized prompts (left-padded in batches, cut to fit the context)."""
     import torch
@@ -64,13 +78,8 @@ def generate_from_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_
     replies = []
     try:
         for start in range(0, len(prompts), batch_size):
-            chunk = [p[-room:] for p in prompts[start : start + batch_size]]
-            width = max(len(p) for p in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, p in enumerate(chunk):  # left padding: generation continues from the right edge
-                ids[i, width - len(p) :] = torch.tensor(p)
-                mask[i, width - len(p) :] = 1
+            ids, mask = left_padded([p[-room:] for p in prompts[start : start + batch_size]], pad)
+            width = ids.shape[1]
             with torch.no_grad():
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
             replies += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)

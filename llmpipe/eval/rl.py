@@ -66,6 +66,7 @@ def sample_replies(model: Any, tokenizer: Any, prompts: list[list[int]], max_new
     generation config carries the stop tokens. Seeded, without touching the global RNG stream."""
     import torch
 
+    from llmpipe.eval.metrics import left_padded
     from llmpipe.train.common import stop_token_ids
 
     device = _device(model)
@@ -80,13 +81,8 @@ def sample_replies(model: Any, tokenizer: Any, prompts: list[list[int]], max_new
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
-                chunk = prompts[start : start + batch_size]
-                width = max(len(p) for p in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for i, p in enumerate(chunk):  # left padding: generation continues from the right edge
-                    ids[i, width - len(p) :] = torch.tensor(p)
-                    mask[i, width - len(p) :] = 1
+                ids, mask = left_padded(prompts[start : start + batch_size], pad)
+                width = ids.shape[1]
                 with torch.no_grad():
                     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
                 for row in out[:, width:].tolist():
