@@ -48,17 +48,18 @@ def text_ids(tokenizer: Any, text: str) -> list[int]:
     return [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
-def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    """(input_ids, attention_mask) of tokenized prompts padded on the left, as batched generation
-    needs: every row continues from the right edge."""
+def padded(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of token-id rows padded to one width: on the right for scoring, on
+    the left (`left=True`) for batched generation, where every row continues from the right edge."""
     import torch
 
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
     return ids, mask
 
 
@@ -78,7 +79,7 @@ def generate_from_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_
     replies = []
     try:
         for start in range(0, len(prompts), batch_size):
-            ids, mask = left_padded([p[-room:] for p in prompts[start : start + batch_size]], pad)
+            ids, mask = padded([p[-room:] for p in prompts[start : start + batch_size]], pad, left=True)
             width = ids.shape[1]
             with torch.no_grad():
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
@@ -123,12 +124,7 @@ def continuation_logps(model: Any, pad_id: int, pairs: list[tuple[list[int], lis
     try:
         for b in range(0, len(sequences), batch_size):
             chunk = sequences[b : b + batch_size]
-            width = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(chunk):
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, : len(s)] = 1
+            ids, mask = padded(chunk, pad_id)
             ids, mask = ids.to(device), mask.to(device)
             with torch.no_grad():
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()

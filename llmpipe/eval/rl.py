@@ -11,21 +11,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from llmpipe.eval.metrics import padded
+
 
 def _device(model: Any) -> Any:
     return next(model.parameters()).device
-
-
-def _right_padded(rows: list[list[int]], pad: int) -> tuple[Any, Any]:
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 def score_conversations(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], batch_size: int = 32) -> list[float]:
@@ -41,7 +31,7 @@ def score_conversations(model: Any, tokenizer: Any, conversations: list[list[dic
     model.eval()
     try:
         for b in range(0, len(ids), batch_size):
-            x, mask = _right_padded(ids[b : b + batch_size], tokenizer.pad_token_id)
+            x, mask = padded(ids[b : b + batch_size], tokenizer.pad_token_id)
             with torch.no_grad():
                 logits = model(input_ids=x.to(_device(model)), attention_mask=mask.to(_device(model))).logits
             scores += logits[:, 0].float().tolist()
@@ -66,7 +56,6 @@ def sample_replies(model: Any, tokenizer: Any, prompts: list[list[int]], max_new
     generation config carries the stop tokens. Seeded, without touching the global RNG stream."""
     import torch
 
-    from llmpipe.eval.metrics import left_padded
     from llmpipe.train.common import stop_token_ids
 
     device = _device(model)
@@ -81,7 +70,7 @@ def sample_replies(model: Any, tokenizer: Any, prompts: list[list[int]], max_new
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
-                ids, mask = left_padded(prompts[start : start + batch_size], pad)
+                ids, mask = padded(prompts[start : start + batch_size], pad, left=True)
                 width = ids.shape[1]
                 with torch.no_grad():
                     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
@@ -104,7 +93,7 @@ def reply_logps(model: Any, prompts: list[list[int]], replies: list[list[int]], 
     try:
         for b in range(0, len(prompts), batch_size):
             rows = [p + r for p, r in zip(prompts[b : b + batch_size], replies[b : b + batch_size])]
-            ids, mask = _right_padded(rows, pad)
+            ids, mask = padded(rows, pad)
             ids, mask = ids.to(_device(model)), mask.to(_device(model))
             with torch.no_grad():
                 logits = model(input_ids=ids, attention_mask=mask).logits.float() / temperature
