@@ -30,7 +30,7 @@ catalogue: install
 
 # Each benchmark prints a table and writes JSON to bench/results/.
 bench: install
-	$(BIN)/python bench/pretrain_throughput.py
+	$(BIN)/python bench/stages.py
 	$(BIN)/python bench/dedup_throughput.py
 	$(BIN)/python bench/data_scale.py --quick
 

@@ -35,9 +35,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 GATE_ACTIONS = ("stop", "warn", "off")
 ANOMALY_POLICIES = ("rollback", "stop", "skip")
 REPORT_TO = ("tensorboard", "wandb")
-# Settings that observe a stage without changing its weights: a finished stage is not retrained
-# (or refused) when only these differ.
-NOT_IDENTITY = ("gate", "monitor")
+# Settings that leave a stage's weights as they are (observers, speed): no retraining when only these differ.
+NOT_IDENTITY = ("gate", "monitor", "compile")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DATA = "data"
 
@@ -264,6 +263,7 @@ class Recipe:
     model: str = "tiny"
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False  # torch.compile: ~1.2x faster steps after a first step that compiles
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -281,7 +281,8 @@ class Recipe:
         """
         shared: dict[str, Any] = {}
         if stage != "tokenizer":  # tokenizer training depends on its data and sizes alone
-            shared = {"seed": self.seed, "precision": self.precision, "monitor": dataclasses.asdict(self.monitor)}
+            shared = {"seed": self.seed, "precision": self.precision, "compile": self.compile,
+                      "monitor": dataclasses.asdict(self.monitor)}
         if stage == "pretrain":
             shared["model"] = self.model
         return {**shared, stage: dataclasses.asdict(getattr(self, stage))}

@@ -19,11 +19,14 @@ def say(message: str) -> None:
 
 def quiet_libraries() -> None:
     """Silence the libraries' progress bars, info logs and rename warnings: llmpipe prints its own."""
+    import os
     import warnings
 
     import datasets
     import transformers
 
+    # TRL's own bars (e.g. DPO's "Computing reference log probs") read this.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

@@ -28,16 +28,17 @@ def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart
 
 
 def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from llmpipe.eval.metrics import preference_accuracy
-    from llmpipe.train.common import limit_rows, training_arguments
-    from llmpipe.train.preference import finish, fit_scored, load_data, policy_and_reference
+    from llmpipe.train.common import build_trainer, limit_rows, training_arguments
+    from llmpipe.train.lmhead import plain_head_applies
+    from llmpipe.train.packing import use_packed_pairs
+    from llmpipe.train.preference import disk_dataset, finish, fit_scored, load_data, policy_and_reference
 
     cfg = recipe.align
     tokenizer, data = load_data(recipe, writer, parent_dir, "preference")
-    policy, reference, lora = policy_and_reference(parent_dir, tokenizer, cfg)
+    policy, reference, lora = policy_and_reference(parent_dir, tokenizer, cfg, precomputed=True)
     args = training_arguments(
         DPOConfig, cfg, recipe, writer,
         beta=cfg.beta,
@@ -45,21 +46,27 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         label_smoothing=cfg.label_smoothing,
         max_length=cfg.max_length,
         include_num_input_tokens_seen="non_padding",
+        # The reference is frozen, so its log-probs are computed once for every row before training
+        # (and for the validation rows), not again at every step: each step is the policy's alone.
+        precompute_ref_log_probs=True,
     )
-    trainer = DPOTrainer(
+    trainer = build_trainer(
+        DPOTrainer,
         model=policy,
         ref_model=reference,
         args=args,
-        train_dataset=Dataset.from_list(data.train),
-        eval_dataset=Dataset.from_list(limit_rows(data.validation, cfg)),
+        train_dataset=disk_dataset(data.train, writer.checkpoints_dir / "datasets" / "train"),
+        eval_dataset=disk_dataset(limit_rows(data.validation, cfg), writer.checkpoints_dir / "datasets" / "validation"),
         processing_class=tokenizer,
         peft_config=lora,
     )
+    if plain_head_applies(args):  # off a GPU: forward passes on packed pairs, not padded ones
+        use_packed_pairs(trainer, cfg.max_length)
     scored = data.validation[: cfg.preference_rows]
-    # MFU counts the frozen reference's forward pass (2 of the policy's 6 FLOPs per parameter). The
+    # MFU counts the policy's forward and backward only: the reference ran before training. The
     # robust loss goes below 0 and hinge's sits at exactly 0 once pairs clear the margin, so "3x the
     # recent median" flags ordinary steps there (measured: robust stopped at step 31 of the tiny demo).
-    fitted = fit_scored(trainer, recipe, writer, tokenizer, lambda model: preference_accuracy(model, tokenizer, scored), 8 / 6,
+    fitted = fit_scored(trainer, recipe, writer, tokenizer, lambda model: preference_accuracy(model, tokenizer, scored), 1.0,
                         spikes=cfg.loss_type not in ("robust", "hinge"))
     before, after, final_eval = fitted.before, fitted.after, fitted.final_eval
 

@@ -23,7 +23,7 @@ def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     from llmpipe.data.formats import unpair
     from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
-    from llmpipe.train.common import limit_rows, training_arguments
+    from llmpipe.train.common import build_trainer, limit_rows, training_arguments
     from llmpipe.train.preference import finish, fit_scored, load_data, policy_and_reference
 
     cfg = recipe.align
@@ -40,7 +40,8 @@ def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         max_length=cfg.max_length,
         include_num_input_tokens_seen="non_padding",
     )
-    trainer = KTOTrainer(
+    trainer = build_trainer(
+        KTOTrainer,
         model=policy,
         ref_model=reference,
         args=args,

@@ -74,7 +74,15 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | Non
     from llmpipe.runs import manifest_sha
     from llmpipe.stages.reward import load_reward_model
     from llmpipe.stages.sft import load_chat_tokenizer
-    from llmpipe.train.common import complete, fit_measured, set_generation_stops, stop_token_ids, summary, training_arguments
+    from llmpipe.train.common import (
+        build_trainer,
+        complete,
+        fit_measured,
+        set_generation_stops,
+        stop_token_ids,
+        summary,
+        training_arguments,
+    )
     from llmpipe.train.lora import load_model, peft_config
 
     cfg = recipe.align
@@ -112,7 +120,8 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | Non
     # Each prompt's completions form one group: the eval set is cut to whole batches of groups.
     eval_rows = data.validation[: cfg.eval_batches * (cfg.batch_size // cfg.num_generations)]
     columns = ["prompt", "answer"] if all("answer" in r for r in data.train) else ["prompt"]
-    trainer = trainer_class(
+    trainer = build_trainer(
+        trainer_class,
         model=policy,
         reward_funcs=funcs,
         args=args,

@@ -61,7 +61,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     from llmpipe.data.pipeline import heldout_texts, load_rows
     from llmpipe.eval.metrics import answer_accuracy
-    from llmpipe.train.common import attach_monitor, complete, fit, last_eval, limit_rows, set_generation_stops, summary
+    from llmpipe.train.common import attach_monitor, build_trainer, complete, fit, last_eval, limit_rows, set_generation_stops, summary
     from llmpipe.train.lora import load_model, peft_config
     from llmpipe.train.packing import use_packed_blocks
 
@@ -74,7 +74,8 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     train_set = Dataset.from_list([{"messages": r["messages"]} for r in data.train])
     eval_set = Dataset.from_list([{"messages": r["messages"]} for r in limit_rows(data.validation, cfg)])
-    trainer = SFTTrainer(
+    trainer = build_trainer(
+        SFTTrainer,
         model=model,
         args=sft_arguments(recipe, writer),
         train_dataset=train_set,

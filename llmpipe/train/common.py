@@ -77,9 +77,19 @@ def training_arguments(args_class: type, cfg: TrainConfig, recipe: Recipe, write
         # TRL configs default to gradient checkpointing, which only costs time at these sizes.
         gradient_checkpointing=False,
         dataloader_num_workers=0,
+        torch_compile=recipe.compile,
         **placement(recipe),
         **extra,
     )
+
+
+def build_trainer(trainer_class: type, **kwargs: Any) -> Any:
+    """`trainer_class(**kwargs)` for a TRL trainer; off a GPU, with the plain LM head of
+    llmpipe.train.lmhead in place of TRL's chunked one (1.4x slower there, see that module)."""
+    from llmpipe.train.lmhead import plain_head_applies, plain_lm_head_during
+
+    with plain_lm_head_during(trainer_class, on_cpu=plain_head_applies(kwargs["args"])):
+        return trainer_class(**kwargs)
 
 
 @dataclass
@@ -125,6 +135,17 @@ def attach_monitor(trainer: Any, recipe: Recipe, cfg: TrainConfig, writer: Stage
     return attach(trainer, setup, recipe, tokenizer, writer.work_dir)
 
 
+def unmark_evaluation_preparation(trainer: Any) -> None:
+    """Let train() wrap the model for data parallelism after an evaluate() (the stages measure first).
+
+    transformers 5.23's evaluate() prepares the bare model through accelerate, which marks it
+    prepared; train() then takes it as already wrapped and skips DistributedDataParallel, so under a
+    multi-process launch every process trained alone on its own shard (measured: the replicas' weights
+    differed after the first step). Found by tests/test_scaleout.py."""
+    if trainer.model_wrapped is trainer.model and getattr(trainer.model, "_is_accelerate_prepared", False):
+        trainer.model._is_accelerate_prepared = False
+
+
 def last_eval(trainer: Any, monitor: Any) -> dict[str, Any]:
     """Metrics of an evaluation at the final step: the trainer's own if it just ran one, else a new one."""
     evals = [h for h in monitor.history if "eval_loss" in h]
@@ -150,6 +171,7 @@ def fit(trainer: Any, writer: StageWriter, tokenizer: Any, monitor: Any) -> FitR
         say(f"{writer.stage:9s} resuming from {resume}")
     started = time.time()
     while True:
+        unmark_evaluation_preparation(trainer)
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if monitor.stopper.requested is not None:
             raise Interrupted(
@@ -177,6 +199,8 @@ def fit(trainer: Any, writer: StageWriter, tokenizer: Any, monitor: Any) -> FitR
             "(a new value retrains from scratch) or set monitor.on_anomaly=rollback",
         )
     wall = time.time() - started
+    if monitor.compiled:
+        say(f"{writer.stage:9s} torch.compile took about {monitor.progress.compile_seconds():.1f} s of the fit's {wall:.0f} s")
     state = trainer.state
     # The loss of the last logging window says where training ended; the trainer's own
     # `training_loss` averages over the whole run, early high losses included.

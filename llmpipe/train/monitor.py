@@ -51,6 +51,7 @@ class Monitor:
 
         cfg = recipe.monitor
         self.setup = setup
+        self.compiled = bool(trainer.args.torch_compile)
         self.peak, self.peak_source = peak_flops(trainer.args, cfg.peak_tflops)
         self.progress = _progress(setup, self.peak)
         self.guard = _guard(trainer, cfg, setup.stage, setup.spikes)
@@ -85,6 +86,7 @@ class Monitor:
             "mfu": round(sum(rates) / len(rates), 4) if rates else None,
             "anomalies": self.guard.anomalies,
             "rollbacks": self.guard.rollbacks,
+            "compile_seconds": self.progress.compile_seconds() if self.compiled else None,
         }
 
 
@@ -101,7 +103,16 @@ def _progress(setup: MonitorSetup, peak: float | None) -> Any:
             self.tokens_at_log = 0
             self.seconds_at_log = 0.0
             self.tokens_at_start = 0
+            self.step_times: list[float] = []
             self.bar: Any = None
+
+        def compile_seconds(self) -> float:
+            """Time torch.compile added: what steps of over 3x the median step took beyond the median
+            (the first step compiles; a new batch shape can recompile later)."""
+            if not self.step_times:
+                return 0.0
+            median = sorted(self.step_times)[len(self.step_times) // 2]
+            return round(sum(t - median for t in self.step_times if t > 3 * median), 2)
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.tokens_at_start = self.tokens_at_log = state.num_input_tokens_seen or 0
@@ -118,7 +129,8 @@ def _progress(setup: MonitorSetup, peak: float | None) -> Any:
             self.step_started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.step_seconds += time.perf_counter() - self.step_started
+            self.step_times.append(time.perf_counter() - self.step_started)
+            self.step_seconds += self.step_times[-1]
             if self.bar is not None:
                 self.bar.update(self.task, completed=state.global_step)
 

@@ -52,3 +52,57 @@ def use_packed_blocks(trainer: Any, tokenizer: Any, max_length: int) -> None:
     (it assumes the flattened layout); the prepared dataset is the same either way.
     """
     trainer.data_collator = PackedBlockCollator(tokenizer.pad_token_id, max_length)
+
+
+class PackedPairsCollator:
+    """Preference batches (TRL's DPO collator: chosen rows then rejected rows, right-padded) with a
+    dense packed copy of the same sequences for the forward pass.
+
+    A DPO batch of short, unequal pairs is about 20% padding on the embedded data. This adds
+    `packed_input_ids` / `packed_position_ids` (the rows first-fit into `[bins, width]` blocks with
+    restarting positions, so sequences never attend to each other, as in PackedBlockCollator) and
+    `packed_index` (each padded position's place in the flattened blocks, -1 for padding). TRL's loss
+    code keeps the padded layout it expects; llmpipe.train.lmhead runs the model on the packed blocks
+    and gathers the logits back through `packed_index`.
+    """
+
+    def __init__(self, base: Any, max_length: int) -> None:
+        self.base = base
+        self.max_length = max_length
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = self.base(examples)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        width = max(self.max_length, max(lengths))
+        bins: list[list[int]] = []  # first-fit decreasing: row numbers per bin
+        fill: list[int] = []
+        for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
+            home = next((b for b, used in enumerate(fill) if used + lengths[row] <= width), None)
+            if home is None:
+                bins.append([]), fill.append(0)
+                home = len(bins) - 1
+            bins[home].append(row)
+            fill[home] += lengths[row]
+        width = max(fill)
+        ids = torch.zeros((len(bins), width), dtype=torch.long)  # the tail is never attended to nor scored
+        positions = torch.zeros((len(bins), width), dtype=torch.long)
+        index = torch.full(batch["input_ids"].shape, -1, dtype=torch.long)
+        for b, rows in enumerate(bins):
+            offset = 0
+            for row in rows:
+                n = lengths[row]
+                ids[b, offset:offset + n] = batch["input_ids"][row, :n]
+                positions[b, offset:offset + n] = torch.arange(n)
+                index[row, :n] = torch.arange(b * width + offset, b * width + offset + n)
+                offset += n
+            # The unused tail restarts its positions too, so no real token attends to it.
+            positions[b, offset:] = torch.arange(width - offset)
+        return {**batch, "packed_input_ids": ids, "packed_position_ids": positions, "packed_index": index}
+
+
+def use_packed_pairs(trainer: Any, max_length: int) -> None:
+    """Give a DPO trainer packed forward passes (see PackedPairsCollator). Only with the plain LM
+    head of llmpipe.train.lmhead (CPU), which knows the packed keys."""
+    trainer.data_collator = PackedPairsCollator(trainer.data_collator, max_length)

@@ -28,9 +28,10 @@ def load_data(recipe: Recipe, writer: Any, parent_dir: Path, kind: str) -> tuple
     return tokenizer, data
 
 
-def policy_and_reference(parent_dir: Path, tokenizer: Any, cfg: Any) -> tuple[Any, Any | None, Any | None]:
+def policy_and_reference(parent_dir: Path, tokenizer: Any, cfg: Any, precomputed: bool = False) -> tuple[Any, Any | None, Any | None]:
     """(policy, frozen reference or None, peft LoraConfig or None) from the parent checkpoint, for a
-    TRL preference trainer's `model`, `ref_model` and `peft_config`."""
+    TRL preference trainer's `model`, `ref_model` and `peft_config`. `precomputed`: the trainer
+    computes the reference log-probs before training, from the untrained policy, so no copy is held."""
     from llmpipe.train.common import set_generation_stops
     from llmpipe.train.lora import load_model, peft_config
 
@@ -40,8 +41,28 @@ def policy_and_reference(parent_dir: Path, tokenizer: Any, cfg: Any) -> tuple[An
     # Full fine-tuning gets an explicit reference copy: with ref_model=None TRL re-loads the policy by
     # name, which fails for a model that was built from a config (no hub id). With LoRA, None is
     # right: TRL then disables the adapters for the reference pass, so no second copy is held.
-    reference = load_model(parent_dir) if lora is None else None
+    reference = load_model(parent_dir) if lora is None and not precomputed else None
     return policy, reference, lora
+
+
+def disk_dataset(rows: list[dict[str, Any]], folder: Path) -> Any:
+    """`rows` as a Dataset saved in `folder` (the stage's checkpoints folder, removed when it completes).
+
+    TRL caches what it derives from a dataset (tokenized rows, precomputed reference log-probs) next
+    to the dataset's files, and the first process writes what the others read. An in-memory dataset
+    caches in a temporary folder of each process's own, so under a multi-process launch the others
+    would not find the file."""
+    import shutil
+
+    from accelerate import PartialState
+    from datasets import Dataset, load_from_disk
+
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            shutil.rmtree(folder, ignore_errors=True)
+            Dataset.from_list(rows).save_to_disk(str(folder))
+    return load_from_disk(str(folder))
 
 
 def fit_scored(trainer: Any, recipe: Recipe, writer: Any, tokenizer: Any, score: Callable[[Any], dict[str, Any]],
