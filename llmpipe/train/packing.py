@@ -81,8 +81,9 @@ class PackedPairsCollator:
         for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
             home = next((b for b, used in enumerate(fill) if used + lengths[row] <= width), None)
             if home is None:
-                bins.append([]), fill.append(0)
-                home = len(bins) - 1
+                home = len(bins)
+                bins.append([])
+                fill.append(0)
             bins[home].append(row)
             fill[home] += lengths[row]
         width = max(fill)
