@@ -111,8 +111,28 @@ def test_monitor_records_tensorboard_probes_samples_and_mfu(micro_run: Path):
     logs = [h for h in manifest["evals"] if "loss" in h]
     assert all(h["tokens_per_second"] > 0 and 0 < h["mfu"] < 1 for h in logs)
     assert manifest["monitor"]["peak_flops"] > 0 and manifest["monitor"]["anomalies"] == []
+    # The steps' own span: inside the fit, which also holds set-up, final evaluation and save.
+    assert 0 < manifest["monitor"]["train_seconds"] < manifest["summary"]["wall_seconds"]
+    assert manifest["monitor"]["compile_seconds"] is None
     assert manifest["protected"]["probes"][0]["file"] == "protected/probes.text.jsonl"
     assert (pretrain / "protected" / "pretrain-validation.jsonl").is_file()
+
+
+def test_compile_is_a_speed_setting_that_trains_and_reports_its_compile_time(micro_copy: Path):
+    before = read_manifest(micro_copy / "pretrain")
+    # Not part of a stage's identity: a finished stage is kept as it is.
+    result = invoke("pretrain", MICRO, "compile=true", "--out", str(micro_copy))
+    assert result.exit_code == 0, result.output
+    assert read_manifest(micro_copy / "pretrain") == before
+    result = invoke("pretrain", MICRO, "compile=true", "--restart", "--out", str(micro_copy))
+    assert result.exit_code == 0, result.output
+    assert "torch.compile took about" in result.output
+    after = read_manifest(micro_copy / "pretrain")
+    assert after["config"]["compile"] is True and after["monitor"]["compile_seconds"] > 0
+    # Compiled kernels round differently, so the losses are close to eager's, not equal.
+    eager = [h["loss"] for h in before["evals"] if "loss" in h]
+    compiled = [h["loss"] for h in after["evals"] if "loss" in h]
+    assert compiled == pytest.approx(eager, rel=2e-2)
 
 
 def test_bad_monitor_settings_fail_up_front():

@@ -98,7 +98,7 @@ def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart
 
 
 def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
 
     from llmpipe.data.pipeline import heldout_texts, stream_text
     from llmpipe.models import build_config, count_parameters, flops_per_token
@@ -141,6 +141,9 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         train_dataset=train_blocks,
         eval_dataset=BlockDataset(val_blocks),
         processing_class=tokenizer,
+        # Blocks are all max_length long: stacking them is all a batch needs. The default collator
+        # for a tokenizer pads through Python lists (measured: 8 ms a step, about 1% of a tiny step).
+        data_collator=default_data_collator,
     )
     monitor = attach_monitor(trainer, recipe, cfg, writer, tokenizer, chat=False, bits_per_byte_factor=tokens_per_byte / math.log(2))
     before = trainer.evaluate()["eval_loss"] if writer.resume_from is None else None

@@ -48,6 +48,26 @@ def sft_arguments(recipe: Recipe, writer: Any) -> Any:
     )
 
 
+def lean_sft_trainer() -> type:
+    """SFTTrainer whose training steps take the model's own loss, as plain Trainer does.
+
+    TRL's SFT loss also computes the full-vocabulary entropy and top-1 accuracy of every token for
+    its logs. llmpipe does not use them during training, and they cost about 5% of a step on the
+    tiny preset. Evaluations still go through TRL's loss, so `eval_entropy` and
+    `eval_mean_token_accuracy` are still logged."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class LeanSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return LeanSFTTrainer
+
+
 def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
     """Fine-tune the parent checkpoint on the recipe's chat data; returns the finished stage folder."""
     from llmpipe.runs import run_stage
@@ -57,7 +77,6 @@ def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart
 
 def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from datasets import Dataset
-    from trl import SFTTrainer
 
     from llmpipe.data.pipeline import heldout_texts, load_rows
     from llmpipe.eval.metrics import answer_accuracy
@@ -75,7 +94,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     train_set = Dataset.from_list([{"messages": r["messages"]} for r in data.train])
     eval_set = Dataset.from_list([{"messages": r["messages"]} for r in limit_rows(data.validation, cfg)])
     trainer = build_trainer(
-        SFTTrainer,
+        lean_sft_trainer(),
         model=model,
         args=sft_arguments(recipe, writer),
         train_dataset=train_set,

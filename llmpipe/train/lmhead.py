@@ -9,8 +9,11 @@ x 72 tokens, bf16, 2 threads), one forward+backward took 1,143 ms against 825 ms
 logits, and the fused head's extra outputs (entropy, top-1) cost nothing more.
 
 No library offers the same outputs from ordinary logits, so this module computes them: same
-signature, same `FusedCausalLMOutput` fields (zero where the label is -100; entropy carries a
-gradient, as in TRL's kernel; the other extras do not), with the log-softmax in fp32 as TRL does.
+signature, same `FusedCausalLMOutput` fields (zero where the label is -100), with the log-softmax
+in fp32 as TRL does. Only the log-probs (and so the loss) carry a gradient. TRL's kernel can also
+differentiate the entropy, but none of the trainers llmpipe uses puts entropy in a loss (TRL 1.16:
+SFT, DPO and KTO detach it for their metrics; RLOO logs it; GRPO masks with it), and keeping its
+graph cost about 5% of an SFT step.
 `plain_lm_head_during` swaps it in while a trainer is built, on CPU only.
 """
 
@@ -54,7 +57,7 @@ def plain_lm_head(model: Any, temperature: float = 1.0, cast_lm_head_to_fp32: bo
             index = packed["packed_index"][:, :-1] if shift_labels is None else packed["packed_index"]
             scored = out.logits.reshape(-1, out.logits.size(-1))[index[mask]]
         # Only the labelled positions (e.g. the replies, not the prompts) go through the softmax.
-        scored = scored.float() / temperature
+        scored = scored.float() if temperature == 1.0 else scored.float() / temperature
         targets = labels[mask]
         all_logps = torch.log_softmax(scored, dim=-1)
 
@@ -63,9 +66,9 @@ def plain_lm_head(model: Any, temperature: float = 1.0, cast_lm_head_to_fp32: bo
 
         log_probs = per_token(all_logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
         extras: dict[str, Any] = {}
-        if "entropy" in outputs:
-            extras["entropy"] = per_token(-(all_logps.exp() * all_logps).sum(-1))
         with torch.no_grad():
+            if "entropy" in outputs:
+                extras["entropy"] = per_token(-(all_logps.exp() * all_logps).sum(-1))
             if "log_sum_sq_probs" in outputs:
                 extras["log_sum_sq_probs"] = per_token(torch.logsumexp(2 * all_logps, dim=-1))
             if "mean_logits" in outputs:
@@ -86,14 +89,15 @@ def plain_head_applies(args: Any) -> bool:
 
 @contextmanager
 def plain_lm_head_during(trainer_class: type, on_cpu: bool) -> Iterator[None]:
-    """While a `trainer_class` is constructed on CPU, its `add_fused_lm_head` is `plain_lm_head`."""
-    module = sys.modules[trainer_class.__module__]
-    if not on_cpu or not hasattr(module, "add_fused_lm_head"):
-        yield
-        return
-    saved = module.add_fused_lm_head
-    module.add_fused_lm_head = plain_lm_head
+    """While a `trainer_class` (or a subclass of a TRL trainer) is built on CPU, the
+    `add_fused_lm_head` its TRL module calls is `plain_lm_head`."""
+    modules = {sys.modules[c.__module__] for c in trainer_class.__mro__}
+    patched = [m for m in modules if hasattr(m, "add_fused_lm_head")] if on_cpu else []
+    saved = [m.add_fused_lm_head for m in patched]
+    for module in patched:
+        module.add_fused_lm_head = plain_lm_head
     try:
         yield
     finally:
-        module.add_fused_lm_head = saved
+        for module, original in zip(patched, saved):
+            module.add_fused_lm_head = original

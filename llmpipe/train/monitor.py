@@ -87,6 +87,7 @@ class Monitor:
             "anomalies": self.guard.anomalies,
             "rollbacks": self.guard.rollbacks,
             "compile_seconds": self.progress.compile_seconds() if self.compiled else None,
+            "train_seconds": round(self.progress.train_seconds, 3),
         }
 
 
@@ -104,6 +105,10 @@ def _progress(setup: MonitorSetup, peak: float | None) -> Any:
             self.seconds_at_log = 0.0
             self.tokens_at_start = 0
             self.step_times: list[float] = []
+            # From the first step's start to the last step's end, with whatever ran between steps
+            # (data loading, mid-run evaluations); not the set-up before nor the final eval/save.
+            self.train_seconds = 0.0
+            self.span: list[float] = []
             self.bar: Any = None
 
         def compile_seconds(self) -> float:
@@ -117,6 +122,7 @@ def _progress(setup: MonitorSetup, peak: float | None) -> Any:
         def on_train_begin(self, args, state, control, **kwargs):
             self.tokens_at_start = self.tokens_at_log = state.num_input_tokens_seen or 0
             self.seconds_at_log = self.step_seconds
+            self.span = []
             if state.is_world_process_zero and sys.stderr.isatty() and self.bar is None:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -127,14 +133,18 @@ def _progress(setup: MonitorSetup, peak: float | None) -> Any:
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.step_started = time.perf_counter()
+            self.span = self.span or [self.step_started]
 
         def on_step_end(self, args, state, control, **kwargs):
             self.step_times.append(time.perf_counter() - self.step_started)
             self.step_seconds += self.step_times[-1]
+            self.span[1:] = [time.perf_counter()]
             if self.bar is not None:
                 self.bar.update(self.task, completed=state.global_step)
 
         def on_train_end(self, args, state, control, **kwargs):
+            if len(self.span) == 2:
+                self.train_seconds += self.span[1] - self.span[0]
             if self.bar is not None and state.global_step >= setup.total_steps:
                 self.bar.stop()
                 self.bar = None

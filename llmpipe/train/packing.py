@@ -103,7 +103,14 @@ class PackedPairsCollator:
         return {**batch, "packed_input_ids": ids, "packed_position_ids": positions, "packed_index": index}
 
 
+# Width of a packed block of preference pairs (longer if a single sequence is). Per token slot,
+# blocks of 256 ran fastest on the tiny preset on CPU: 0.92x / 0.97x / 0.76x the slots per second
+# of dense 256-token rows in blocks of 128 / 256 / 512 (short blocks run small, inefficient
+# attention matmuls; long ones spend more on attention that the mask throws away).
+PAIR_BLOCK = 256
+
+
 def use_packed_pairs(trainer: Any, max_length: int) -> None:
     """Give a DPO trainer packed forward passes (see PackedPairsCollator). Only with the plain LM
     head of llmpipe.train.lmhead (CPU), which knows the packed keys."""
-    trainer.data_collator = PackedPairsCollator(trainer.data_collator, max_length)
+    trainer.data_collator = PackedPairsCollator(trainer.data_collator, max(PAIR_BLOCK, max_length))
