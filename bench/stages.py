@@ -182,6 +182,13 @@ def main() -> None:
     from llmpipe.train.flops import measure_matmul_peak
 
     cases = [c for c in args.cases.split(",") if c]
+    needs = {"pretrain": [], "sft": ["pretrain"], "dpo": ["pretrain", "sft"], "rl": ["pretrain", "sft"]}
+    for case in cases:
+        if case not in needs:
+            raise SystemExit(f"--cases: unknown case {case!r}; choose from {', '.join(needs)}")
+        if any(n not in cases for n in needs[case]):
+            raise SystemExit(f"--cases: {case!r} needs {', '.join(needs[case])} too (each stage trains on the one before)")
+    cases = [c for c in needs if c in cases]  # in chain order
     bf16 = placement(load_recipe(None, [f"precision={args.precision}"]))["bf16"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows: dict[str, dict] = {}
