@@ -18,17 +18,16 @@ from llmpipe.console import say
 
 def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     """Train KTO from the parent checkpoint into the writer's work folder; returns the stage folder."""
-    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
     from llmpipe.data.formats import unpair
     from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
     from llmpipe.train.common import build_trainer, limit_rows, training_arguments
-    from llmpipe.train.preference import finish, fit_scored, load_data, policy_and_reference
+    from llmpipe.train.preference import disk_dataset, finish, fit_scored, load_data, policy_and_reference
 
     cfg = recipe.align
     tokenizer, data = load_data(recipe, writer, parent_dir, "unpaired")
-    policy, reference, lora = policy_and_reference(parent_dir, tokenizer, cfg)
+    policy, reference, lora = policy_and_reference(parent_dir, tokenizer, cfg, precomputed=True)
     train_rows = _shuffled(unpair(data.train), recipe.seed)
     writer.manifest["data"]["kto_train_rows"] = {"desirable": sum(r["label"] for r in train_rows),
                                                  "undesirable": sum(not r["label"] for r in train_rows)}
@@ -39,14 +38,17 @@ def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         undesirable_weight=cfg.undesirable_weight,
         max_length=cfg.max_length,
         include_num_input_tokens_seen="non_padding",
+        # As in DPO: the frozen reference's log-probs (and its KL terms) once, before training.
+        precompute_ref_log_probs=True,
     )
     trainer = build_trainer(
         KTOTrainer,
         model=policy,
         ref_model=reference,
         args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(_shuffled(unpair(limit_rows(data.validation, cfg)), recipe.seed)),
+        train_dataset=disk_dataset(train_rows, writer.checkpoints_dir / "datasets" / "train"),
+        eval_dataset=disk_dataset(_shuffled(unpair(limit_rows(data.validation, cfg)), recipe.seed),
+                                  writer.checkpoints_dir / "datasets" / "validation"),
         processing_class=tokenizer,
         peft_config=lora,
     )
@@ -60,9 +62,9 @@ def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     def score(model: Any) -> dict[str, Any]:
         return {"pairs": preference_accuracy(model, tokenizer, pairs), "unpaired": unpaired_accuracy(model, tokenizer, singles)}
 
-    # MFU: besides the policy's forward + backward (6 FLOPs per parameter), gradient-free forwards of
-    # the policy on the KL completions and of the reference on both (2 each).
-    fitted = fit_scored(trainer, recipe, writer, tokenizer, score, 12 / 6)
+    # MFU: besides the policy's forward + backward (6 FLOPs per parameter), a gradient-free forward of
+    # the policy on the KL completions (2); the reference ran before training.
+    fitted = fit_scored(trainer, recipe, writer, tokenizer, score, 8 / 6)
     before, after, final_eval = fitted.before, fitted.after, fitted.final_eval
     writer.manifest["metrics"] = {
         "validation_loss": final_eval.get("eval_loss"),
