@@ -198,6 +198,7 @@ def _guard(trainer: Any, cfg: Any, stage: str, spikes: bool = True) -> Any:
 
         def __init__(self) -> None:
             self.micro_losses: list[Any] = []
+            self.grad_norm: Any = None
             self.recent: deque[float] = deque(maxlen=cfg.spike_window)
             self.skip_steps: set[int] = set()
             self.anomalies: list[dict[str, Any]] = []
@@ -221,9 +222,15 @@ def _guard(trainer: Any, cfg: Any, stage: str, spikes: bool = True) -> Any:
             step = state.global_step + 1
             if not self.micro_losses:
                 return
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             loss = torch.stack(self.micro_losses).mean()
+            # The trainer's own pre-clipping norm (see the _get_grad_norm wrapper below): no second
+            # pass over every gradient.
+            grad_norm = self.grad_norm
+            if grad_norm is None:
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                grad_norm = torch.nn.utils.get_total_norm(grads) if grads else 0.0
+            grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=loss.device)
+            self.grad_norm = None
             self.micro_losses = []
             values = torch.stack([loss.to(grad_norm.device), (~torch.isfinite(grad_norm)).float()])
             if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -243,8 +250,9 @@ def _guard(trainer: Any, cfg: Any, stage: str, spikes: bool = True) -> Any:
                 return
             for group in optimizer.param_groups:
                 group["lr"] = 0.0  # the scheduler sets it again after this step
-            for g in grads:
-                g.zero_()  # a NaN gradient would poison Adam's moments even at lr 0
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()  # a NaN gradient would poison Adam's moments even at lr 0
             if step in self.skip_steps:
                 say(f"{stage:9s} step {step}: update dropped (the batch that diverged before)")
                 return
@@ -278,6 +286,15 @@ def _guard(trainer: Any, cfg: Any, stage: str, spikes: bool = True) -> Any:
         return loss
 
     trainer.training_step = training_step
+    original_norm = getattr(trainer, "_get_grad_norm", None)
+    if original_norm is None:  # another transformers version: the guard computes the norm itself
+        return guard
+
+    def get_grad_norm(*args: Any, **kwargs: Any) -> Any:
+        guard.grad_norm = original_norm(*args, **kwargs)
+        return guard.grad_norm
+
+    trainer._get_grad_norm = get_grad_norm
     return guard
 
 
