@@ -31,36 +31,16 @@ def _train_dpo(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from trl import DPOConfig, DPOTrainer
 
     from llmpipe.eval.metrics import preference_accuracy
-    from llmpipe.train.common import build_trainer, limit_rows, training_arguments
+    from llmpipe.train.common import limit_rows
     from llmpipe.train.lmhead import plain_head_applies
     from llmpipe.train.packing import use_packed_pairs
-    from llmpipe.train.preference import disk_dataset, finish, fit_scored, load_data, policy_and_reference
+    from llmpipe.train.preference import finish, fit_scored, load_data, preference_trainer
 
     cfg = recipe.align
     tokenizer, data = load_data(recipe, writer, parent_dir, "preference")
-    policy, reference, lora = policy_and_reference(parent_dir, tokenizer, cfg, precomputed=True)
-    args = training_arguments(
-        DPOConfig, cfg, recipe, writer,
-        beta=cfg.beta,
-        loss_type=[cfg.loss_type],
-        label_smoothing=cfg.label_smoothing,
-        max_length=cfg.max_length,
-        include_num_input_tokens_seen="non_padding",
-        # The reference is frozen, so its log-probs are computed once for every row before training
-        # (and for the validation rows), not again at every step: each step is the policy's alone.
-        precompute_ref_log_probs=True,
-    )
-    trainer = build_trainer(
-        DPOTrainer,
-        model=policy,
-        ref_model=reference,
-        args=args,
-        train_dataset=disk_dataset(data.train, writer.checkpoints_dir / "datasets" / "train"),
-        eval_dataset=disk_dataset(limit_rows(data.validation, cfg), writer.checkpoints_dir / "datasets" / "validation"),
-        processing_class=tokenizer,
-        peft_config=lora,
-    )
-    if plain_head_applies(args):  # off a GPU: forward passes on packed pairs, not padded ones
+    trainer = preference_trainer(DPOTrainer, DPOConfig, recipe, writer, parent_dir, tokenizer, data.train,
+                                 limit_rows(data.validation, cfg), loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing)
+    if plain_head_applies(trainer.args):  # off a GPU: forward passes on packed pairs, not padded ones
         use_packed_pairs(trainer, cfg.max_length)
     scored = data.validation[: cfg.preference_rows]
     # MFU counts the policy's forward and backward only: the reference ran before training. The

@@ -22,36 +22,17 @@ def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     from llmpipe.data.formats import unpair
     from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
-    from llmpipe.train.common import build_trainer, limit_rows, training_arguments
-    from llmpipe.train.preference import disk_dataset, finish, fit_scored, load_data, policy_and_reference
+    from llmpipe.train.common import limit_rows
+    from llmpipe.train.preference import finish, fit_scored, load_data, preference_trainer
 
     cfg = recipe.align
     tokenizer, data = load_data(recipe, writer, parent_dir, "unpaired")
-    policy, reference, lora = policy_and_reference(parent_dir, tokenizer, cfg, precomputed=True)
     train_rows = _shuffled(unpair(data.train), recipe.seed)
     writer.manifest["data"]["kto_train_rows"] = {"desirable": sum(r["label"] for r in train_rows),
                                                  "undesirable": sum(not r["label"] for r in train_rows)}
-    args = training_arguments(
-        KTOConfig, cfg, recipe, writer,
-        beta=cfg.beta,
-        desirable_weight=cfg.desirable_weight,
-        undesirable_weight=cfg.undesirable_weight,
-        max_length=cfg.max_length,
-        include_num_input_tokens_seen="non_padding",
-        # As in DPO: the frozen reference's log-probs (and its KL terms) once, before training.
-        precompute_ref_log_probs=True,
-    )
-    trainer = build_trainer(
-        KTOTrainer,
-        model=policy,
-        ref_model=reference,
-        args=args,
-        train_dataset=disk_dataset(train_rows, writer.checkpoints_dir / "datasets" / "train"),
-        eval_dataset=disk_dataset(_shuffled(unpair(limit_rows(data.validation, cfg)), recipe.seed),
-                                  writer.checkpoints_dir / "datasets" / "validation"),
-        processing_class=tokenizer,
-        peft_config=lora,
-    )
+    eval_rows = _shuffled(unpair(limit_rows(data.validation, cfg)), recipe.seed)
+    trainer = preference_trainer(KTOTrainer, KTOConfig, recipe, writer, parent_dir, tokenizer, train_rows, eval_rows,
+                                 desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
 
     # Held-out scores: pairs by preference accuracy, unpaired rows by how many desirable completions
     # beat the undesirable ones' mean log-likelihood.

@@ -1,9 +1,8 @@
 """What the offline preference methods (DPO, KTO) share: their data, the policy and its frozen
 reference, and the fit with held-out scores before and after.
 
-Each method module reads top to bottom as: `load_data` -> `policy_and_reference` -> its TRL trainer
--> `fit_scored` -> its metrics -> `finish`. With LoRA (`align.lora.enabled`) there is no reference
-copy: TRL computes the reference log-probs with the adapters disabled, i.e. with the parent model.
+Each method module reads top to bottom as: `load_data` -> `preference_trainer` -> `fit_scored` ->
+its metrics -> `finish`.
 """
 
 from __future__ import annotations
@@ -28,21 +27,33 @@ def load_data(recipe: Recipe, writer: Any, parent_dir: Path, kind: str) -> tuple
     return tokenizer, data
 
 
-def policy_and_reference(parent_dir: Path, tokenizer: Any, cfg: Any, precomputed: bool = False) -> tuple[Any, Any | None, Any | None]:
-    """(policy, frozen reference or None, peft LoraConfig or None) from the parent checkpoint, for a
-    TRL preference trainer's `model`, `ref_model` and `peft_config`. `precomputed`: the trainer
-    computes the reference log-probs before training, from the untrained policy, so no copy is held."""
-    from llmpipe.train.common import set_generation_stops
+def preference_trainer(trainer_class: type, config_class: type, recipe: Recipe, writer: Any, parent_dir: Path,
+                       tokenizer: Any, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], **settings: Any) -> Any:
+    """A TRL offline preference trainer (DPOTrainer, KTOTrainer) on the parent checkpoint and the align
+    section; `settings`: the method's own config fields.
+
+    The reference is frozen, so its log-probs are computed once for every row before training (TRL's
+    `precompute_ref_log_probs`), not again at every step, and no reference copy is held: TRL takes
+    them from the untrained policy, or with LoRA from the policy with its adapters disabled."""
+    from llmpipe.train.common import build_trainer, set_generation_stops, training_arguments
     from llmpipe.train.lora import load_model, peft_config
 
+    cfg = recipe.align
     policy = load_model(parent_dir)
     set_generation_stops(policy, tokenizer)
-    lora = peft_config(cfg.lora, policy, "align")
-    # Full fine-tuning gets an explicit reference copy: with ref_model=None TRL re-loads the policy by
-    # name, which fails for a model that was built from a config (no hub id). With LoRA, None is
-    # right: TRL then disables the adapters for the reference pass, so no second copy is held.
-    reference = load_model(parent_dir) if lora is None and not precomputed else None
-    return policy, reference, lora
+    args = training_arguments(config_class, cfg, recipe, writer, beta=cfg.beta, max_length=cfg.max_length,
+                              include_num_input_tokens_seen="non_padding", precompute_ref_log_probs=True, **settings)
+    folder = writer.checkpoints_dir / "datasets"
+    return build_trainer(
+        trainer_class,
+        model=policy,
+        ref_model=None,
+        args=args,
+        train_dataset=disk_dataset(train_rows, folder / "train"),
+        eval_dataset=disk_dataset(eval_rows, folder / "validation"),
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg.lora, policy, "align"),
+    )
 
 
 def disk_dataset(rows: list[dict[str, Any]], folder: Path) -> Any:
