@@ -4,7 +4,11 @@ Each does the maths of its stage (same model, same tokens, optimiser, schedule, 
 precision) with nothing else: no trainer, callbacks, metrics or checkpoints. The data preparation is
 borrowed from the stage (token blocks, TRL's tokenized datasets), since what is timed is the steps.
 Every loop returns {tokens, wall_seconds, tokens_per_second, mean_loss}: `tokens` counts non-padding
-tokens, as the stages do; the wall clock covers the steps only.
+tokens, as the stages do; the wall clock covers the steps only. The loops run the model as
+transformers loads it (sdpa attention) on the layout a straightforward implementation would use
+(TRL's rows for SFT, padded pairs for DPO): the stages' narrow blocks and length-dispatched
+attention on CPU (llmpipe.train.packing, llmpipe.train.attention) are what they are measured
+against, not part of the baseline.
 """
 
 from __future__ import annotations
@@ -103,8 +107,8 @@ def pretrain(recipe: Any, tokenizer_dir: Path, steps: int) -> dict[str, Any]:
 
 
 def sft(recipe: Any, parent_dir: Path, steps: int, work_dir: Path) -> dict[str, Any]:
-    """TRL's bfd-packed conversations (labels -100 off the assistant turns) in dense blocks with
-    per-document attention (llmpipe.train.packing), the model's own loss over the labelled tokens."""
+    """TRL's bfd-packed conversations (labels -100 off the assistant turns), each bfd row one row of
+    a dense block with per-document attention, the model's own loss over the labelled tokens."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer

@@ -8,6 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from trl.trainer.utils import add_fused_lm_head
 
+from llmpipe.train.attention import use_length_dispatched_attention
 from llmpipe.train.lmhead import plain_lm_head
 from llmpipe.train.packing import PackedPairsCollator
 
@@ -36,16 +37,22 @@ def _batch():
     return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion}
 
 
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed", [None, "wide", "narrow"])
 def test_plain_head_matches_trls_fused_head(packed):
     fused, plain = _models()
     batch = _batch()
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     extra = {}
     if packed:
-        collated = PackedPairsCollator(lambda examples: batch, max_length=16)([])
+        # wide: the 24 tokens first-fit into one block of 32, not 4 x 9. narrow (CPU): the cheapest
+        # width for hidden size 32 is 16, two blocks and two empty ones (rows come in fours), and the
+        # model runs the short-row attention of the CPU path.
+        narrow = packed == "narrow"
+        collated = PackedPairsCollator(lambda examples: batch, max_length=32, hidden_size=32 if narrow else None)([])
         extra = {k: collated[k] for k in ("packed_input_ids", "packed_position_ids", "packed_index")}
-        assert collated["packed_input_ids"].shape == (2, 16)  # 24 tokens in two blocks, not 4 x 9
+        assert collated["packed_input_ids"].shape == ((4, 16) if narrow else (1, 24))
+        if narrow:
+            use_length_dispatched_attention(plain)
     want = fused(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True)
     got = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True, **extra)
     for field in OUTPUTS:

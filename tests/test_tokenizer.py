@@ -104,7 +104,8 @@ def test_packed_sft_rows_keep_whole_conversations_and_assistant_only_labels(toke
     packed = trainer.train_dataset
     assert len(packed) == 1 and sorted(packed[0]["seq_lengths"]) == sorted(
         len(tokenizer.apply_chat_template(m, tokenize=True, return_dict=False)) for m in (CHAT, other))
-    batch = trainer.data_collator([packed[0]])
-    learned = tokenizer.decode([t for t, label in zip(batch["input_ids"][0], batch["labels"][0]) if label != -100])
+    batch = trainer.data_collator([packed[0]])  # on CPU, re-packed into narrow rows: read them all
+    learned = tokenizer.decode([t for t, label in zip(batch["input_ids"].flatten(), batch["labels"].flatten()) if label != -100])
     assert sorted(learned.split("<|end|>")) == sorted(["", "The kettle is blue.", "The lamp is red.", "It is red."])
-    assert (batch["position_ids"][0] == 0).sum() == 2  # two conversations, each starting at position 0
+    starts = (batch["position_ids"] == 0) & (batch["input_ids"] != tokenizer.pad_token_id)
+    assert starts.sum() == 2  # two conversations, each starting at position 0

@@ -102,7 +102,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     from llmpipe.data.pipeline import heldout_texts, stream_text
     from llmpipe.models import build_config, count_parameters, flops_per_token
-    from llmpipe.train.common import attach_monitor, complete, fit, last_eval, summary, training_arguments
+    from llmpipe.train.common import attach_monitor, build_trainer, complete, fit, last_eval, summary, training_arguments
 
     cfg = recipe.pretrain
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)
@@ -135,7 +135,8 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         f"of {cfg.max_length} tokens, {len(val_blocks)} validation blocks")
 
     args = training_arguments(TrainingArguments, cfg, recipe, writer, include_num_input_tokens_seen="all")
-    trainer = Trainer(
+    trainer = build_trainer(
+        Trainer,
         model=model,
         args=args,
         train_dataset=train_blocks,

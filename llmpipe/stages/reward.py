@@ -60,7 +60,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     from llmpipe.data.pipeline import heldout_texts, load_rows
     from llmpipe.eval.rl import pairwise_accuracy
     from llmpipe.stages.sft import load_chat_tokenizer
-    from llmpipe.train.common import complete, fit_measured, limit_rows, summary, training_arguments
+    from llmpipe.train.common import build_trainer, complete, fit_measured, limit_rows, summary, training_arguments
 
     cfg = recipe.reward
     tokenizer = load_chat_tokenizer(parent_dir)
@@ -76,7 +76,8 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
     )
-    trainer = RewardTrainer(
+    trainer = build_trainer(
+        RewardTrainer,
         model=model,
         args=args,
         train_dataset=Dataset.from_list(data.train),

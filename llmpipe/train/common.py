@@ -84,10 +84,15 @@ def training_arguments(args_class: type, cfg: TrainConfig, recipe: Recipe, write
 
 
 def build_trainer(trainer_class: type, **kwargs: Any) -> Any:
-    """`trainer_class(**kwargs)` for a TRL trainer; off a GPU, with the plain LM head of
-    llmpipe.train.lmhead in place of TRL's chunked one (1.4x slower there, see that module)."""
+    """`trainer_class(**kwargs)` for every stage's trainer (transformers' Trainer or a TRL one). Off a
+    GPU, TRL's chunked LM head is replaced by the plain one of llmpipe.train.lmhead (1.4x slower
+    there, see that module); on CPU the model's attention picks its kernel by row length
+    (llmpipe.train.attention), set before the trainer first runs the model."""
+    from llmpipe.train.attention import use_length_dispatched_attention
     from llmpipe.train.lmhead import plain_head_applies, plain_lm_head_during
 
+    if kwargs["args"].device.type == "cpu":
+        use_length_dispatched_attention(kwargs["model"])
     with plain_lm_head_during(trainer_class, on_cpu=plain_head_applies(kwargs["args"])):
         return trainer_class(**kwargs)
 
