@@ -79,9 +79,21 @@ def test_other_implementations_are_left_alone():
     model.set_attn_implementation("eager")
     use_length_dispatched_attention(model)
     assert model.config._attn_implementation == "eager"
+    use_length_dispatched_attention("a/model-name")  # loaded later by the trainer: nothing to switch
 
 
 def test_a_saved_checkpoint_does_not_record_it(tmp_path):
     _, model = _pair("gpt2")
     model.save_pretrained(tmp_path)
     assert attention.NAME not in (tmp_path / "config.json").read_text()
+
+
+def test_every_stage_trainer_on_cpu_gets_it(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from llmpipe.train.common import build_trainer
+
+    _, model = _pair("gpt2")
+    model.set_attn_implementation("sdpa")
+    build_trainer(Trainer, model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
+    assert model.config._attn_implementation == attention.NAME

@@ -63,13 +63,14 @@ def length_dispatched_attention(module: Any, query: Any, key: Any, value: Any, a
 
 def use_length_dispatched_attention(model: Any) -> None:
     """Switch `model` (a transformers model, or a PEFT model around one) to length_dispatched_attention
-    when it is on sdpa; other implementations (flash-attention, flex) are the user's choice and kept."""
+    when it is on sdpa; other implementations (flash-attention, flex) are the user's choice and kept.
+    The switch is in place: every later forward of `model` uses it."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "_attn_implementation", None) != "sdpa":
-        return
+    if getattr(getattr(base, "config", None), "_attn_implementation", None) != "sdpa":
+        return  # also a model given by name, which the trainer loads itself
     AttentionInterface.register(NAME, length_dispatched_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     base.set_attn_implementation(NAME)
