@@ -1,4 +1,4 @@
-"""Dense packed blocks with per-document attention, for SFT on any attention backend.
+"""Dense packed blocks with per-document attention, for SFT and DPO on any attention backend.
 
 TRL's "bfd" packing keeps every conversation whole (best-fit decreasing into rows of max_length)
 but its padding-free collator then flattens a batch into one long row and relies on FlashAttention's
@@ -8,9 +8,13 @@ a model trained that way learns to ignore the question (measured: held-out answe
 tiny demo fell from 0.30 without packing to 0.07 with wrapped packing).
 
 This collator is the missing piece, written here because no library ships it for non-flash
-attention: it keeps each bfd row as one dense row of a [batch, max_length] block and restarts the
-position ids at every conversation. transformers' mask builder (masking_utils) turns restarting
-position ids into a block-diagonal causal mask, so conversations never see each other.
+attention: it lays the bfd rows out as dense blocks and restarts the position ids at every
+conversation. transformers' mask builder (masking_utils) turns restarting position ids into a
+block-diagonal causal mask, so conversations never see each other. Off CPU each bfd row is one row
+of a [batch, max_length] block. On CPU, when the conversations are short, they are re-packed into
+narrower rows, where the faster short-row attention runs (narrow_blocks). This is done here, per
+batch, rather than by asking TRL for shorter rows: TRL's max_length also truncates, and the best
+width depends on the batch. The PackedPairsCollator below does the same for DPO's pairs.
 """
 
 from __future__ import annotations
