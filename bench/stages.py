@@ -58,7 +58,7 @@ def worker(kind: str, case: str, run_dir: Path, steps: int, overrides: list[str]
     import torch
 
     from llmpipe.config import load_recipe
-    from llmpipe.console import quiet_libraries
+    from llmpipe.core.console import quiet_libraries
     from llmpipe.runs import read_manifest
 
     quiet_libraries()

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import UserError
-from llmpipe.runs import MANIFEST, read_manifest, sha256_file
+from llmpipe.core.errors import UserError
+from llmpipe.runs import MANIFEST, read_manifest
+from llmpipe.core.files import sha256_file
 
 TEMPLATE_FILE = "chat_template.jinja"
 ROLES = ("system", "user", "assistant")

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from llmpipe.console import quiet_libraries
-from llmpipe.errors import EXIT_USER_ERROR, UserError, os_error_line
+from llmpipe.core.console import quiet_libraries
+from llmpipe.core.errors import EXIT_USER_ERROR, UserError, os_error_line
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -88,7 +88,7 @@ def _load(args: list[str] | None, stage: str | None, device: str | None) -> Any:
 
 def _echo(text: str) -> None:
     # Under a distributed launch every process runs the command; one copy of the output is enough.
-    from llmpipe.console import is_main_process
+    from llmpipe.core.console import is_main_process
 
     if is_main_process():
         typer.echo(text)
@@ -194,7 +194,7 @@ def run(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False,
 
 
 def _write_report(run_dir: Path) -> None:
-    from llmpipe.console import is_main_process
+    from llmpipe.core.console import is_main_process
 
     # Under a distributed launch every process gets here; one of them writes the report.
     if is_main_process():

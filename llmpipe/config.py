@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 STAGES = ("tokenizer", "pretrain", "sft", "align")
 ALIGN_METHODS = ("dpo", "kto", "rlhf", "grpo", "rloo")

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 # Largest logit difference accepted between the written model and its source (fp32 merges differ by ~1e-7).
 TOLERANCE = 1e-3

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 WEIGHTS = "model.safetensors"
 
@@ -92,7 +92,7 @@ def check_model_folder(folder: Path, max_length: int | None = None, max_length_k
 def verify_files(folder: Path, manifest: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
     """Refuse a checkpoint whose files differ from the sha256 its manifest recorded when it finished
     (a damaged download, a file edited or copied in from elsewhere); `skip`: names checked elsewhere."""
-    from llmpipe.runs import sha256_file
+    from llmpipe.core.files import sha256_file
 
     folder = Path(folder)
     for name, recorded in (manifest.get("files") or {}).items():

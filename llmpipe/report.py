@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 from llmpipe.report_plots import number, probe_scores, training_curves
 from llmpipe.runs import MANIFEST, manifest_sha, read_manifest
 from llmpipe.summary import STAGE_ORDER

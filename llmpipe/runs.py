@@ -12,7 +12,6 @@ through the run folder and trusts it only if the parent's manifest says `complet
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -23,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmpipe.console import is_main_process
-from llmpipe.errors import UserError, writing
+from llmpipe.core.console import is_main_process
+from llmpipe.core.dist import barrier, main_process_first
+from llmpipe.core.files import sha256_file, sha256_text, write_json_atomic
+from llmpipe.core.errors import UserError, writing
 
 MANIFEST = "manifest.json"
 # Which stages each stage accepts as its parent; the first is the default.
@@ -41,36 +42,6 @@ PARENTS: dict[str, tuple[str, ...]] = {
     "grpo": ("sft", "dpo", "rlhf", "grpo", "rloo"),
     "rloo": ("sft", "dpo", "rlhf", "grpo", "rloo"),
 }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    """Hex sha256 of a string's UTF-8 bytes."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        # A full disk fails in write or fsync, with no file name: name the file being written.
-        with writing(path), open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written temporary left behind
-        raise
-    os.replace(tmp, path)
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
@@ -145,31 +116,6 @@ def _restore_interrupted_swap(final: Path) -> None:
     old = final.with_name(f".{final.name}.old")
     if not final.exists() and old.is_dir() and read_manifest(old) is not None:
         os.replace(old, final)
-
-
-def _distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def _barrier() -> None:
-    if _distributed():
-        import torch
-        from accelerate import PartialState
-
-        # Without cpu=True accelerate treats a CPU-only launch as one process and never waits.
-        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
-
-
-class main_process_first:
-    """Context manager: the first process runs the block, then the others do."""
-
-    def __enter__(self) -> None:
-        if not is_main_process():
-            _barrier()
-
-    def __exit__(self, *exc: Any) -> None:
-        if is_main_process():
-            _barrier()
 
 
 def git_commit() -> str | None:
@@ -334,7 +280,7 @@ class StageWriter:
     def finish(self, summary: dict[str, Any]) -> Path:
         """Mark complete, hash the artefacts, and swap the work folder into the stage folder."""
         if not is_main_process():
-            _barrier()  # wait for the first process to finish the swap
+            barrier()  # wait for the first process to finish the swap
             return self.final_dir
         shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
         files = {}
@@ -359,7 +305,7 @@ class StageWriter:
             os.replace(self.final_dir, old)
         os.replace(self.work_dir, self.final_dir)
         shutil.rmtree(old, ignore_errors=True)
-        _barrier()
+        barrier()
         return self.final_dir
 
     def __enter__(self) -> StageWriter:
@@ -387,7 +333,7 @@ def run_stage(stage: str, section: str, recipe: Any, run_dir: Path, parent: str 
 
     `inputs`: what else decides the result besides the parent and the recipe section (an RL policy's
     reward model, by manifest sha256); kept in the stage's config, so a change retrains or refuses."""
-    from llmpipe.console import say
+    from llmpipe.core.console import say
     from llmpipe.eval.probes import check_suites
 
     check_suites(recipe, (section,))

@@ -88,7 +88,7 @@ def run(recipe: Recipe, run_dir: Path, restart: bool = False) -> Path:
 
 
 def _train(recipe: Recipe, writer: Any, parent_dir: None) -> Path:
-    from llmpipe.console import is_main_process, say
+    from llmpipe.core.console import is_main_process, say
     from llmpipe.data.pipeline import stream_text
 
     cfg = recipe.tokenizer

@@ -20,7 +20,7 @@ from llmpipe.config import (
     Recipe,
     TrainConfig,
 )
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 
 def validate(recipe: Recipe) -> None:

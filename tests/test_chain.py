@@ -25,7 +25,7 @@ def test_chain_writes_complete_manifests_linked_by_parent_hash(micro_run: Path):
             assert manifest["parent"]["stage"] == previous
             assert manifest["parent"]["manifest_sha256"] == manifest_sha(micro_run / previous)
         # Every recorded artefact hash matches the file on disk.
-        from llmpipe.runs import sha256_file
+        from llmpipe.core.files import sha256_file
 
         for name, digest in manifest["files"].items():
             assert sha256_file(micro_run / stage / name) == digest

@@ -6,7 +6,7 @@ import pytest
 from conftest import MICRO, invoke
 
 from llmpipe.config import all_keys, load_recipe
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 
 def test_defaults_and_recipe_values():
@@ -128,7 +128,7 @@ def test_unavailable_device_fails_before_any_stage_runs(tmp_path):
 
 
 def test_debug_flag_shows_the_full_error():
-    from llmpipe.errors import UserError
+    from llmpipe.core.errors import UserError
 
     result = invoke("pretrain", MICRO, "max_step=3", "--debug")
     assert result.exit_code != 0 and isinstance(result.exception, UserError)

@@ -10,7 +10,7 @@ import pytest
 
 from llmpipe.data.formats import to_chat, to_preference
 from llmpipe.data.io import SourceRow, read_rows
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 
 def row(data):

@@ -182,7 +182,7 @@ def test_mixture_counting_waits_for_the_first_pass(tmp_path: Path):
                     "pretrain.validation_files=data/pretrain.validation.jsonl")
     stream = stream_text(cfg)
     a.unlink()
-    from llmpipe.errors import UserError
+    from llmpipe.core.errors import UserError
 
     with pytest.raises(UserError, match="data file not found"):
         next(stream.train())

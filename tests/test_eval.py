@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import invoke
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 from llmpipe.eval.probes import Probe, load_suite, passes
 from llmpipe.runs import manifest_sha, read_manifest
 

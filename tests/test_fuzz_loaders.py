@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from llmpipe.data.formats import CONVERTERS
 from llmpipe.data.io import SourceRow, read_rows
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 from llmpipe.eval.probes import load_suite
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)

@@ -12,7 +12,7 @@ import pytest
 from conftest import MICRO, invoke
 
 from llmpipe.config import load_recipe
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 from llmpipe.rewards import as_number, exact_match, format_score, length_score, reward_functions
 from llmpipe.runs import manifest_sha, read_manifest
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "llmpipe"
 SOURCES = sorted(PACKAGE.rglob("*.py"))

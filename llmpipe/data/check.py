@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 KINDS = {"tokenizer": "text", "pretrain": "text", "sft": "chat", "align": "preference"}
 LOSS_OPEN, LOSS_CLOSE = "[[", "]]"

@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from llmpipe.data.io import SourceRow
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 
@@ -164,7 +164,7 @@ def _read_hub(spec: str) -> Iterator[SourceRow]:
 
 def file_record(spec: str) -> dict[str, Any]:
     """What a manifest records of one data source: path and sha256 of each file."""
-    from llmpipe.runs import sha256_file
+    from llmpipe.core.files import sha256_file
 
     if spec.startswith("hf:"):
         return {"source": spec}

@@ -17,7 +17,7 @@ from typing import Any
 
 from llmpipe.data.formats import CONVERTERS
 from llmpipe.data.io import SourceRow, file_record, read_rows
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 
 @dataclass

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 
 def load_dataset(spec: str, max_rows: int) -> tuple[str, list[dict[str, Any]]]:
@@ -154,7 +154,8 @@ def record(checkpoint: Path, evaluation: dict[str, Any], json_path: Path | None)
     see runs.manifest_sha) and as JSON (default: <checkpoint>/eval.json); returns the JSON path."""
     import json
 
-    from llmpipe.runs import MANIFEST, read_manifest, write_json_atomic
+    from llmpipe.runs import MANIFEST, read_manifest
+    from llmpipe.core.files import write_json_atomic
 
     manifest = read_manifest(checkpoint) or {}
     stored = manifest.setdefault("eval", {})

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import EXIT_CHECK_FAILED, UserError
+from llmpipe.core.errors import EXIT_CHECK_FAILED, UserError
 
 PROTECTED = "protected"
 
@@ -28,7 +28,7 @@ def protect(work_dir: Path, heldout: list[tuple[str, str, list[dict[str, Any]]]]
             max_length: int) -> dict[str, Any]:
     """Copy held-out rows (name, kind, rows) and probe suites into `work_dir/protected`; returns the
     manifest's `protected` entry (paths relative to the stage folder)."""
-    from llmpipe.console import is_main_process
+    from llmpipe.core.console import is_main_process
     from llmpipe.eval.probes import suite_name
 
     folder = Path(work_dir) / PROTECTED
@@ -93,7 +93,7 @@ def run_gate(parent_dir: Path, model: Any, tokenizer: Any, gate_cfg: Any, batch_
     protects nothing (a tokenizer) or the gate is off."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmpipe.console import say
+    from llmpipe.core.console import say
     from llmpipe.runs import read_manifest
 
     manifest = read_manifest(parent_dir) or {}

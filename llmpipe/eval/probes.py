@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 CHECKS = ("exact", "contains", "regex", "choice")
 FORMATS = ("text", "chat")

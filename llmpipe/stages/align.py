@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.config import Recipe
-from llmpipe.console import say
+from llmpipe.core.console import say
 
 
 def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.config import Recipe
-from llmpipe.console import say
+from llmpipe.core.console import say
 
 
 def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.config import Recipe
-from llmpipe.console import say
-from llmpipe.errors import UserError
+from llmpipe.core.console import say
+from llmpipe.core.errors import UserError
 
 
 def pack_blocks(tokenizer: Any, texts: list[str], block_size: int) -> tuple[Any, int]:
@@ -59,7 +59,8 @@ def token_blocks(cfg: Any, tokenizer: Any, tokenizer_dir: Path, stream: Any, ref
     rows are decontaminated against. Returns (dataset, the manifest's `data` entry)."""
     from llmpipe.data.io import file_record
     from llmpipe.data.shards import TokenBlockDataset, cached_token_shards
-    from llmpipe.runs import main_process_first, sha256_file, sha256_text, write_json_atomic
+    from llmpipe.core.dist import main_process_first
+    from llmpipe.core.files import sha256_file, sha256_text, write_json_atomic
 
     identity = {
         "format": 1,

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.config import Recipe
-from llmpipe.console import say
-from llmpipe.errors import UserError
+from llmpipe.core.console import say
+from llmpipe.core.errors import UserError
 
 
 def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.config import Recipe
-from llmpipe.console import say
-from llmpipe.errors import UserError
+from llmpipe.core.console import say
+from llmpipe.core.errors import UserError
 
 
 def load_chat_tokenizer(parent_dir: Path) -> Any:

@@ -15,8 +15,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from llmpipe.console import is_main_process, say
-from llmpipe.errors import UserError
+from llmpipe.core.console import is_main_process, say
+from llmpipe.core.errors import UserError
 
 SEAL = "llmpipe-seal.json"
 EXIT_INTERRUPTED = 130
@@ -30,7 +30,7 @@ class Interrupted(UserError):
 
 def seal(folder: Path) -> None:
     """Record the size and sha256 of every file of a finished checkpoint folder."""
-    from llmpipe.runs import sha256_file, write_json_atomic
+    from llmpipe.core.files import sha256_file, write_json_atomic
 
     files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SEAL}
@@ -42,7 +42,7 @@ def check(folder: Path) -> str | None:
     truncated), or None when it is whole."""
     import json
 
-    from llmpipe.runs import sha256_file
+    from llmpipe.core.files import sha256_file
 
     try:
         files = json.loads((folder / SEAL).read_text(encoding="utf-8"))["files"]

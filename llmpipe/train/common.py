@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.config import Recipe, TrainConfig
-from llmpipe.console import say
-from llmpipe.errors import UserError
+from llmpipe.core.console import say
+from llmpipe.core.errors import UserError
 from llmpipe.runs import StageWriter
 
 

@@ -75,7 +75,7 @@ def peak_flops(args: Any, peak_tflops: float = 0.0) -> tuple[float | None, str]:
     if measured > known.get(key, 0.0):
         known[key] = measured
         try:
-            from llmpipe.runs import write_json_atomic
+            from llmpipe.core.files import write_json_atomic
 
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cache, known)

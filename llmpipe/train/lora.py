@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmpipe.errors import UserError
+from llmpipe.core.errors import UserError
 
 ADAPTER = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -84,7 +84,7 @@ def save_trained(trainer: Any, writer: Any, tokenizer: Any) -> None:
     """Save the trained model into the stage's work folder. A LoRA model saves its adapter (plus
     tokenizer and generation config) in `adapter/`, then the adapter merged into its base as the
     stage checkpoint; the manifest's `lora` entry records the base and the adapter's file hashes."""
-    from llmpipe.runs import sha256_file
+    from llmpipe.core.files import sha256_file
 
     work = Path(writer.work_dir)
     if not is_lora(trainer.model):

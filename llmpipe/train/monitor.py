@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmpipe.console import say
-from llmpipe.errors import EXIT_CHECK_FAILED, UserError
+from llmpipe.core.console import say
+from llmpipe.core.errors import EXIT_CHECK_FAILED, UserError
 
 
 class TrainingDiverged(UserError):
