@@ -78,7 +78,7 @@ def cpu_seconds() -> float:
 def throughput(corpus: Path, work: Path) -> dict:
     """Time build_token_shards over a generator reading `corpus`, tokenizer threads on and off."""
     from llmpipe.data.shards import build_token_shards
-    from llmpipe.tokenizer import train_tokenizer
+    from llmpipe.stages.tokenizer import train_tokenizer
 
     sample, size = [], 0
     for text in read_texts(corpus):

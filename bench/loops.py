@@ -23,7 +23,7 @@ def _setup(recipe: Any, cfg: Any, model: Any, steps: int) -> tuple[Any, Any, boo
     """(device, AdamW with decay groups, bf16?, lr(step)) like the stages' HF Trainer settings."""
     import torch
 
-    from llmpipe.train.common import placement
+    from llmpipe.train.args import placement
 
     device = torch.device("cpu" if placement(recipe)["use_cpu"] else "cuda")
     model.to(device).train()
@@ -87,7 +87,7 @@ def pretrain(recipe: Any, tokenizer_dir: Path, steps: int) -> dict[str, Any]:
 
     from llmpipe.data.pipeline import stream_text
     from llmpipe.models import build_config
-    from llmpipe.stages.pretrain import token_blocks
+    from llmpipe.data.blocks import token_blocks
 
     cfg = recipe.pretrain
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -114,8 +114,9 @@ def sft(recipe: Any, parent_dir: Path, steps: int, work_dir: Path) -> dict[str, 
     from trl import SFTTrainer
 
     from llmpipe.data.pipeline import load_rows
-    from llmpipe.stages.sft import load_chat_tokenizer, sft_arguments
-    from llmpipe.train.packing import PackedBlockCollator
+    from llmpipe.chat_format import load_chat_tokenizer
+    from llmpipe.stages.sft import sft_arguments
+    from llmpipe.speed.packing import PackedBlockCollator
 
     cfg = recipe.sft
     tokenizer = load_chat_tokenizer(parent_dir)
@@ -158,8 +159,8 @@ def dpo(recipe: Any, parent_dir: Path, steps: int, work_dir: Path) -> dict[str, 
     from trl import DPOConfig, DPOTrainer
 
     from llmpipe.data.pipeline import load_rows
-    from llmpipe.stages.sft import load_chat_tokenizer
-    from llmpipe.train.common import placement
+    from llmpipe.chat_format import load_chat_tokenizer
+    from llmpipe.train.args import placement
 
     cfg = recipe.align
     tokenizer = load_chat_tokenizer(parent_dir)
@@ -202,8 +203,9 @@ def rl(recipe: Any, parent_dir: Path, reward_dir: Path, steps: int) -> dict[str,
     from llmpipe.data.pipeline import load_rows
     from llmpipe.eval.metrics import chat_ids, padded
     from llmpipe.stages.reward import load_reward_model
-    from llmpipe.stages.sft import load_chat_tokenizer
-    from llmpipe.train.common import placement, set_generation_stops
+    from llmpipe.chat_format import load_chat_tokenizer
+    from llmpipe.train.args import placement
+    from llmpipe.chat_format import set_generation_stops
 
     cfg = recipe.align
     tokenizer = load_chat_tokenizer(parent_dir)

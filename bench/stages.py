@@ -69,7 +69,7 @@ def worker(kind: str, case: str, run_dir: Path, steps: int, overrides: list[str]
                                     f"align.reward_model={run_dir / 'reward'}"])
     parents = {"pretrain": run_dir / "tokenizer", "sft": run_dir / "pretrain", "dpo": run_dir / "sft", "rl": run_dir / "sft"}
     if kind == "setup":  # what the measured stages stand on, not measured
-        from llmpipe import tokenizer as tokenizer_stage
+        from llmpipe.stages import tokenizer as tokenizer_stage
         from llmpipe.stages import reward
 
         if case == "tokenizer":
@@ -178,7 +178,7 @@ def main() -> None:
     import torch
 
     from llmpipe.config import load_recipe
-    from llmpipe.train.common import placement
+    from llmpipe.train.args import placement
     from llmpipe.train.flops import measure_matmul_peak
 
     cases = [c for c in args.cases.split(",") if c]

@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
-from llmpipe.runs import MANIFEST, read_manifest
-from llmpipe.core.files import sha256_file
 
-TEMPLATE_FILE = "chat_template.jinja"
 ROLES = ("system", "user", "assistant")
 
 
@@ -39,72 +36,6 @@ class Sampling:
             raise UserError("must be 0 (greedy) or more", field="--temperature")
         if not 0 < self.top_p <= 1:
             raise UserError("must be in (0, 1]", field="--top-p")
-
-
-def check_checkpoint(folder: Path, need_template: bool) -> dict[str, Any]:
-    """The manifest of a complete model checkpoint whose chat template is the one it was trained with."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError("checkpoint folder not found", file=str(folder), hint="pass a stage folder such as runs/tiny/sft")
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise UserError("no readable manifest.json: not an llmpipe stage folder", file=str(folder))
-    if manifest.get("status") != "complete":
-        raise UserError(f"checkpoint is '{manifest.get('status')}', not complete", file=str(folder / MANIFEST), field="status",
-                        hint="finish the stage first: rerunning its command resumes it")
-    if manifest.get("stage") == "tokenizer":
-        raise UserError("a tokenizer folder holds no model", file=str(folder), hint="pass a pretrain, sft or dpo folder")
-    template = folder / TEMPLATE_FILE
-    recorded = manifest.get("chat_template_sha256")
-    if template.is_file():
-        if recorded and sha256_file(template) != recorded:
-            raise UserError(
-                "chat template differs from the one the model was trained with (sha256 does not match manifest.json)",
-                file=str(template),
-                hint="restore the original file",
-            )
-    elif need_template:
-        raise UserError(f"checkpoint has no chat template ({TEMPLATE_FILE})", file=str(folder),
-                        hint="use a folder written by llmpipe, or `generate --raw` for plain text")
-    from llmpipe.integrity import check_model_folder, verify_files
-
-    # The template was checked above (and is not needed with --raw); every other file must be as written.
-    verify_files(folder, manifest, skip=(TEMPLATE_FILE,))
-    check_model_folder(folder)
-    return manifest
-
-
-def pick_device(device: str) -> str:
-    """Resolve auto|cpu|cuda to a torch device name, checked against the hardware."""
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device '{device}'", field="--device", hint="use auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for but no GPU is visible", field="--device", hint="use auto or cpu")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def load_checkpoint(folder: Path, device: str = "auto", need_template: bool = True) -> tuple[Any, Any]:
-    """Model (in eval mode, stopping at end-of-turn) and tokenizer of a checked local checkpoint."""
-    check_checkpoint(folder, need_template)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmpipe.train.common import set_generation_stops
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the model or tokenizer: {str(e).splitlines()[0]}", file=str(folder),
-                        hint="restore the checkpoint's files or retrain the stage") from e
-    if need_template and not tokenizer.chat_template:
-        raise UserError("tokenizer has no chat template", file=str(folder))
-    set_generation_stops(model, tokenizer)
-    model.to(pick_device(device)).eval()
-    return model, tokenizer
 
 
 def context_budget(model: Any, max_new_tokens: int) -> int:

@@ -16,12 +16,13 @@ import typer
 
 from llmpipe.core.console import quiet_libraries
 from llmpipe.core.errors import EXIT_USER_ERROR, UserError, os_error_line
+from llmpipe.registry import ALIGN_METHODS, RL_ALGORITHMS, RUN_ORDER, stage_for
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Train a language model from raw text to an aligned chat model: tokenizer → pretrain → sft → align.",
+    help=f"Train a language model from raw text to an aligned chat model: {' → '.join(RUN_ORDER)}.",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Data tools.")
 app.add_typer(data_app, name="data")
@@ -80,7 +81,7 @@ def _load(args: list[str] | None, stage: str | None, device: str | None) -> Any:
     recipe = load_recipe(recipe_path, overrides, stage=stage)
     if recipe.device != "auto" or recipe.precision != "auto":
         # Checked before any stage runs, so `run --device cuda` on a CPU box fails in a second.
-        from llmpipe.train.common import placement
+        from llmpipe.train.args import placement
 
         placement(recipe)
     return recipe
@@ -100,56 +101,45 @@ def _run_dir(recipe: Any, out: Path | None) -> Path:
     return out if out is not None else Path("runs") / recipe.name
 
 
-def _stage_command(stage: str, args: list[str] | None, out: Path | None, parent: Path | None,
+def _stage_command(section: str, args: list[str] | None, out: Path | None, parent: Path | None,
                    restart: bool, device: str | None, debug: bool, method: str | None = None) -> None:
     def action() -> None:
         overrides = list(args or [])
         if method is not None:
             overrides.append(f"align.method={method}")
-        recipe = _load(overrides, stage, device)
+        recipe = _load(overrides, section, device)
         run_dir = _run_dir(recipe, out)
         quiet_libraries()
-        folder = _stage_module(stage).run(recipe, run_dir, parent=parent, restart=restart)
-        _echo(str(folder))
+        from llmpipe.pipeline import train_section
+
+        _echo(str(train_section(section, recipe, run_dir, parent=parent, restart=restart)))
 
     _guard(debug, action)
 
 
-def _stage_module(stage: str) -> Any:
-    import importlib
-
-    return importlib.import_module(f"llmpipe.stages.{stage}")
-
-
-@app.command()
-def tokenizer(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False, debug: DebugOpt = False) -> None:
-    """Train the run's byte-level BPE tokenizer (with chat template) on the pretraining text."""
-
-    def action() -> None:
-        recipe = _load(args, "tokenizer", None)
-        from llmpipe import tokenizer as tokenizer_stage
-
-        _echo(str(tokenizer_stage.run(recipe, _run_dir(recipe, out), restart=restart)))
-
-    _guard(debug, action)
+def _section_command(section: str) -> Callable[..., None]:
+    """A `llmpipe SECTION` command for a recipe section with one stage (tokenizer, pretrain, sft): the
+    registry decides which exist and what their help says."""
+    spec = stage_for(section)
+    if spec.parents:
+        def command(args: RecipeArg = None, out: OutOpt = None, parent: FromOpt = None, restart: RestartOpt = False,
+                    device: DeviceOpt = None, debug: DebugOpt = False) -> None:
+            _stage_command(section, args, out, parent, restart, device, debug)
+    else:
+        def command(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False, debug: DebugOpt = False) -> None:
+            _stage_command(section, args, out, None, restart, None, debug)
+    command.__doc__ = f"Train the {spec.name} stage: {spec.help}."
+    return command
 
 
-@app.command()
-def pretrain(args: RecipeArg = None, out: OutOpt = None, parent: FromOpt = None, restart: RestartOpt = False,
-             device: DeviceOpt = None, debug: DebugOpt = False) -> None:
-    """Pretrain the model preset from random initialisation on packed text (next-token prediction)."""
-    _stage_command("pretrain", args, out, parent, restart, device, debug)
+for _section in RUN_ORDER:
+    if not stage_for(_section).method:
+        app.command(_section)(_section_command(_section))
 
 
-@app.command()
-def sft(args: RecipeArg = None, out: OutOpt = None, parent: FromOpt = None, restart: RestartOpt = False,
-        device: DeviceOpt = None, debug: DebugOpt = False) -> None:
-    """Supervised chat tuning of the pretrained model, loss on assistant turns only."""
-    _stage_command("sft", args, out, parent, restart, device, debug)
-
-
-MethodOpt = Annotated[str | None, typer.Option(help="Align method: dpo, kto, rlhf, grpo or rloo (default: the recipe's).")]
-RLOpt = Annotated[str | None, typer.Option("--rl", help="RL algorithm of --method rlhf: rloo or grpo (default: the recipe's, rloo).")]
+MethodOpt = Annotated[str | None, typer.Option(help=f"Align method: {', '.join(ALIGN_METHODS)} (default: the recipe's).")]
+RLOpt = Annotated[str | None, typer.Option("--rl", help=f"RL algorithm of an RL method with a reward model: {' or '.join(RL_ALGORITHMS)} "
+                                           "(default: the recipe's).")]
 RewardModelOpt = Annotated[str | None, typer.Option("--reward-model", help="A finished reward stage folder (rlhf: not trained then).")]
 
 
@@ -172,18 +162,13 @@ def run(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False,
     def action() -> None:
         recipe = _load(args, None, device)
         run_dir = _run_dir(recipe, out)
-        from llmpipe.eval.probes import check_suites
-
-        check_suites(recipe, ("pretrain", "sft", "align"))
         quiet_libraries()
-        from llmpipe import tokenizer as tokenizer_stage
         from llmpipe.eval.gate import RegressionError
+        from llmpipe.pipeline import run_recipe
         from llmpipe.summary import render_table
 
         try:
-            tokenizer_stage.run(recipe, run_dir, restart=restart)
-            for stage in ("pretrain", "sft", "align"):
-                _stage_module(stage).run(recipe, run_dir, restart=restart)
+            run_recipe(recipe, run_dir, restart=restart)
         except RegressionError:
             _write_report(run_dir)  # the report shows the gate's table of what regressed
             raise
@@ -278,7 +263,7 @@ def keys() -> None:
 @data_app.command("check")
 def data_check(
     args: RecipeArg = None,
-    stage: Annotated[str, typer.Option(help="tokenizer, pretrain, sft or align.")] = "sft",
+    stage: Annotated[str, typer.Option(help=f"The recipe section whose data to check: {', '.join(RUN_ORDER)}.")] = RUN_ORDER[2],
     out: OutOpt = None,
     tokenizer_dir: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: the run's).")] = None,
     examples: Annotated[int, typer.Option(help="Rows to show rendered as trained.")] = 3,
@@ -288,10 +273,10 @@ def data_check(
     """Dry-run one stage's data: rows, drops by reason, token lengths, truncation, rendered examples."""
 
     def action() -> None:
-        from llmpipe.data.check import KINDS, check, format_report
+        from llmpipe.data.check import check, format_report
 
-        if stage not in KINDS:
-            raise UserError(f"unknown stage '{stage}'", field="--stage", hint=f"use one of {', '.join(KINDS)}")
+        if stage not in RUN_ORDER:
+            raise UserError(f"unknown stage '{stage}'", field="--stage", hint=f"use one of {', '.join(RUN_ORDER)}")
         recipe = _load(args, stage, None)
         quiet_libraries()
         result = check(recipe, stage, _run_dir(recipe, out), tokenizer_dir, examples)
@@ -329,7 +314,8 @@ def chat(checkpoint: CheckpointArg, system: Annotated[str | None, typer.Option(h
     """Chat with a checkpoint: one user message per line on stdin; /reset clears the history, /exit quits."""
 
     def action() -> None:
-        from llmpipe.chat import ChatSession, Sampling, chat_loop, load_checkpoint
+        from llmpipe.chat import ChatSession, Sampling, chat_loop
+        from llmpipe.loading import load_checkpoint
 
         sampling = Sampling(max_new_tokens, temperature, top_p, seed)
         sampling.check()
@@ -365,7 +351,8 @@ def generate(checkpoint: CheckpointArg, prompts: PromptsOpt, out: RepliesOpt = N
     def action() -> None:
         import json
 
-        from llmpipe.chat import Sampling, generate_rows, load_checkpoint, read_prompts
+        from llmpipe.chat import Sampling, generate_rows, read_prompts
+        from llmpipe.loading import load_checkpoint
 
         sampling = Sampling(max_new_tokens, temperature, top_p, seed)
         sampling.check()

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.loading import check_checkpoint
+from llmpipe.runs import manifest_sha, read_manifest
+from llmpipe.train.lora import ADAPTER, ADAPTER_CONFIG, merge_adapter
 
 # Largest logit difference accepted between the written model and its source (fp32 merges differ by ~1e-7).
 TOLERANCE = 1e-3
@@ -23,9 +26,6 @@ TOLERANCE = 1e-3
 def export(checkpoint: Path, out: Path, merge: bool = False, base: Path | None = None) -> dict[str, Any]:
     """Write the plain model folder `out` from `checkpoint`; returns what was written and checked."""
     from transformers import AutoModelForCausalLM
-
-    from llmpipe.chat import check_checkpoint
-    from llmpipe.train.lora import ADAPTER, ADAPTER_CONFIG, merge_adapter
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -74,9 +74,8 @@ def export(checkpoint: Path, out: Path, merge: bool = False, base: Path | None =
 def _check_base_unchanged(stage_dir: Path, base_dir: Path) -> None:
     # The adapter of a stage was trained on the parent recorded in its manifest; a parent retrained
     # since then would give a different (wrong) merged model.
-    from llmpipe.runs import manifest_sha, read_manifest
-
-    recorded = ((read_manifest(stage_dir) or {}).get("parent") or {}).get("manifest_sha256")
+    stage = read_manifest(stage_dir)
+    recorded = stage.parent.manifest_sha256 if stage is not None and stage.parent is not None else None
     if recorded and read_manifest(base_dir) is not None and manifest_sha(base_dir) != recorded:
         raise UserError("the adapter's base was retrained after this stage (its manifest sha256 differs from the recorded parent's)",
                         file=str(base_dir), hint="export without --merge: the stage folder already holds the merged model")

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.registry import STAGE_ORDER
 from llmpipe.report_plots import number, probe_scores, training_curves
-from llmpipe.runs import MANIFEST, manifest_sha, read_manifest
-from llmpipe.summary import STAGE_ORDER
+from llmpipe.runs import MANIFEST, Manifest, StageRef, manifest_sha, read_manifest
 
 REPORT_DIR = "report"
 MAX_SAMPLES = 3
@@ -69,19 +69,19 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 # ---- which stages, in which order -------------------------------------------------------------
 
-def complete_stages(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+def complete_stages(run_dir: Path) -> list[tuple[str, Manifest]]:
     """(folder name, manifest) of every complete stage in a run folder, parents before children."""
     found = {}
     for folder in sorted(Path(run_dir).iterdir()):
         if folder.is_dir() and not folder.name.startswith("."):
             manifest = read_manifest(folder)
-            if isinstance(manifest, dict) and manifest.get("status") == "complete":
+            if manifest is not None and manifest.status == "complete":
                 found[folder.name] = manifest
 
     def parent_of(name: str) -> str | None:
-        parent = _as_dict(found[name].get("parent"))
+        parent = found[name].parent or StageRef()
         # A copied or moved run still records its parents' old absolute paths: fall back to the stage name.
-        for candidate in (Path(str(parent.get("path", ""))).name, parent.get("stage")):
+        for candidate in (Path(parent.path).name, parent.stage):
             if candidate in found and candidate != name:
                 return candidate
         return None
@@ -94,19 +94,19 @@ def complete_stages(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
 
     def order(name: str) -> tuple[Any, ...]:
         known = STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
-        return depth(name), known, str(found[name].get("created", "")), name
+        return depth(name), known, str(found[name].created or ""), name
 
     return [(name, found[name]) for name in sorted(found, key=order)]
 
 
 # ---- sections of one stage --------------------------------------------------------------------
 
-def _lineage(run_dir: Path, stages: list[tuple[str, dict[str, Any]]]) -> list[Block]:
+def _lineage(run_dir: Path, stages: list[tuple[str, Manifest]]) -> list[Block]:
     rows = []
     for name, manifest in stages:
-        parent = _as_dict(manifest.get("parent"))
-        recorded = str(parent.get("manifest_sha256") or "")
-        parent_path = Path(str(parent["path"])) if parent.get("path") else None
+        parent = manifest.parent or StageRef()
+        recorded = str(parent.manifest_sha256 or "")
+        parent_path = Path(parent.path) if parent.path else None
         state = "-"
         if parent_path is not None:
             # The sha a child recorded must still be its parent's, or the child was trained on something else.
@@ -123,10 +123,9 @@ def _lineage(run_dir: Path, stages: list[tuple[str, dict[str, Any]]]) -> list[Bl
     ]
 
 
-def _config_section(manifest: dict[str, Any], inherited_model: str | None) -> list[Block]:
-    config = _as_dict(manifest.get("config"))
-    section = next((value for value in config.values() if isinstance(value, dict)), {})
-    merged = {**config, **section}
+def _config_section(manifest: Manifest, inherited_model: str | None) -> list[Block]:
+    # The stage's own section ({seed, precision, monitor: {...}, sft: {...}}: the one that is not monitor).
+    merged = {**manifest.config, **manifest.section()}
     # Only pretraining names the preset; later stages continue from their parent's model.
     model = fmt(merged["model"]) if merged.get("model") else f"{inherited_model} (parent's)" if inherited_model else "-"
     batch = fmt(merged.get("batch_size"))
@@ -142,8 +141,8 @@ def _config_section(manifest: dict[str, Any], inherited_model: str | None) -> li
     ]
 
 
-def _data_section(manifest: dict[str, Any]) -> list[Block]:
-    data = _as_dict(manifest.get("data"))
+def _data_section(manifest: Manifest) -> list[Block]:
+    data = manifest.data
     if not data:
         return [("h3", "Data"), ("p", "no data record")]
     rows = [[fmt(source.get("source")), fmt(source.get("split")), fmt(source.get("rows"))]
@@ -160,9 +159,9 @@ def _data_section(manifest: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def _metrics_section(manifest: dict[str, Any]) -> list[Block]:
-    metrics = _as_dict(manifest.get("metrics"))
-    headline = _as_dict(_as_dict(manifest.get("summary")).get("metric"))
+def _metrics_section(manifest: Manifest) -> list[Block]:
+    metrics = manifest.metrics
+    headline = manifest.headline()
     rows = []
     if headline:
         before, after = headline.get("before"), headline.get("after")
@@ -181,9 +180,9 @@ def _metrics_section(manifest: dict[str, Any]) -> list[Block]:
     return [("h3", "Metrics"), ("table", ["metric", "before", "after", "change"], rows)]
 
 
-def _gate_section(manifest: dict[str, Any]) -> list[Block]:
-    gate = manifest.get("gate")
-    if not isinstance(gate, dict):
+def _gate_section(manifest: Manifest) -> list[Block]:
+    gate = manifest.gate
+    if gate is None:
         return [("h3", "Gate"), ("p", "no gate")]
     verdict = "passed" if gate.get("passed") else "FAILED"
     against = gate.get("parent_stage") or gate.get("against") or "parent"
@@ -205,9 +204,9 @@ def _percent(value: Any) -> str:
     return f"{value:.1%}" if value <= 1 else f"{value:.1f}%"
 
 
-def _monitor_section(manifest: dict[str, Any]) -> list[Block]:
-    monitor = manifest.get("monitor")
-    if not isinstance(monitor, dict):
+def _monitor_section(manifest: Manifest) -> list[Block]:
+    monitor = manifest.monitor
+    if monitor is None:
         return []
     peak = f"{number(monitor.get('peak_flops')):.3g} FLOP/s" if number(monitor.get("peak_flops")) else "unknown"
     peak += f" ({monitor['peak_source']})" if monitor.get("peak_source") else ""
@@ -225,22 +224,22 @@ def _monitor_section(manifest: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def _throughput_section(manifest: dict[str, Any]) -> list[Block]:
-    summary = _as_dict(manifest.get("summary"))
+def _throughput_section(manifest: Manifest) -> list[Block]:
+    summary = manifest.summary or {}
     parts = [f"{fmt(summary[key])} {label}" for key, label in
              (("steps", "steps"), ("tokens", "tokens"), ("tokens_per_second", "tokens/s")) if summary.get(key) is not None]
     if summary.get("wall_seconds") is not None:
         parts.append(f"training {fmt(summary['wall_seconds'])} s")
-    if manifest.get("wall_seconds") is not None:
-        parts.append(f"stage wall {fmt(manifest['wall_seconds'])} s")
+    if manifest.wall_seconds is not None:
+        parts.append(f"stage wall {fmt(manifest.wall_seconds)} s")
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
         if summary.get(key) is not None:
             parts.append(f"{label} {fmt(summary[key])}")
     return [("h3", "Throughput"), ("p", " · ".join(parts) or "not recorded")]
 
 
-def _probes_section(manifest: dict[str, Any]) -> list[Block]:
-    records = [r for r in map(_as_dict, _as_list(manifest.get("probes"))) if number(r.get("step")) is not None]
+def _probes_section(manifest: Manifest) -> list[Block]:
+    records = [r for r in map(_as_dict, manifest.probes) if number(r.get("step")) is not None]
     if not records:
         return []
     rows = []
@@ -253,13 +252,13 @@ def _probes_section(manifest: dict[str, Any]) -> list[Block]:
     return [("h3", "Probes"), ("table", ["suite", "before (step 0)", "last", "change", "at step", "n"], rows)]
 
 
-def _samples_section(manifest: dict[str, Any]) -> list[Block]:
-    during = [s for s in map(_as_dict, _as_list(manifest.get("samples"))) if s]
+def _samples_section(manifest: Manifest) -> list[Block]:
+    during = [s for s in map(_as_dict, manifest.samples) if s]
     if during:
         last_step = max((number(s.get("step")) for s in during if number(s.get("step")) is not None), default=None)
         samples = [s for s in during if number(s.get("step")) == last_step] if last_step is not None else during
     else:
-        samples = [s for s in map(_as_dict, _as_list(_as_dict(manifest.get("metrics")).get("samples"))) if s]
+        samples = [s for s in map(_as_dict, _as_list(manifest.metrics.get("samples"))) if s]
     samples = samples[:MAX_SAMPLES]
     if not samples:
         return []
@@ -268,14 +267,14 @@ def _samples_section(manifest: dict[str, Any]) -> list[Block]:
     return [("h3", "Samples"), ("table", headers, [[fmt(s.get(key)) for key in columns] for s in samples])]
 
 
-def _stage_blocks(run_dir: Path, name: str, manifest: dict[str, Any], out_dir: Path,
+def _stage_blocks(run_dir: Path, name: str, manifest: Manifest, out_dir: Path,
                   inherited_model: str | None) -> tuple[list[Block], dict[str, Path]]:
     plots = {}
     for kind, draw, field in (("training", training_curves, "evals"), ("probes", probe_scores, "probes")):
-        path = draw(name, _as_list(manifest.get(field)), out_dir / f"{name}-{kind}.png")
+        path = draw(name, getattr(manifest, field), out_dir / f"{name}-{kind}.png")
         if path is not None:
             plots[path.stem] = path
-    blocks: list[Block] = [("h2", f"{name}"), ("p", f"folder: {Path(run_dir) / name}; finished {fmt(manifest.get('finished'))}")]
+    blocks: list[Block] = [("h2", f"{name}"), ("p", f"folder: {Path(run_dir) / name}; finished {fmt(manifest.finished)}")]
     blocks += _config_section(manifest, inherited_model)
     for section in (_data_section, _metrics_section, _gate_section, _monitor_section,
                     _throughput_section, _probes_section, _samples_section):
@@ -375,7 +374,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     for old in out_dir.glob("*.png"):
         old.unlink()  # plots of a stage that is gone or lost its data must not linger
 
-    finished = max(str(manifest.get("finished") or manifest.get("created") or "") for _, manifest in stages)
+    finished = max(str(manifest.finished or manifest.created or "") for _, manifest in stages)
     title = f"Run report: {run_dir.resolve().name}"
     blocks: list[Block] = [
         ("h1", f"{title} ({finished[:10] or 'undated'})"),
@@ -386,7 +385,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     model = None
     for name, manifest in stages:
         stage_blocks, plots = _stage_blocks(run_dir, name, manifest, out_dir, model)
-        model = _as_dict(manifest.get("config")).get("model") or model
+        model = manifest.config.get("model") or model
         blocks += stage_blocks
         written.update(plots)
 

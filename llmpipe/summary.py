@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmpipe.registry import STAGE_ORDER
 from llmpipe.runs import read_manifest
 
-STAGE_ORDER = ("tokenizer", "pretrain", "sft", "dpo", "kto", "reward", "rlhf", "grpo", "rloo")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -25,8 +25,8 @@ def stage_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for stage in STAGE_ORDER:
         manifest = read_manifest(Path(run_dir) / stage)
-        if manifest and manifest.get("status") == "complete":
-            rows.append({"stage": stage, "folder": str(Path(run_dir) / stage), **(manifest.get("summary") or {})})
+        if manifest is not None and manifest.status == "complete":
+            rows.append({"stage": stage, "folder": str(Path(run_dir) / stage), **(manifest.summary or {})})
     return rows
 
 

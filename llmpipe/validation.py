@@ -4,22 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmpipe.config import (
-    ALIGN_METHODS,
-    ANOMALY_POLICIES,
-    DEVICES,
-    DPO_LOSS_TYPES,
-    GATE_ACTIONS,
-    NEEDS_LABEL_SMOOTHING,
-    PRECISIONS,
-    REPORT_TO,
-    RL_ALGORITHMS,
-    RL_METHODS,
-    LoRAConfig,
-    MonitorConfig,
-    Recipe,
-    TrainConfig,
-)
+from llmpipe.registry import ALIGN_METHODS, RL_METHODS
+from llmpipe.config import ANOMALY_POLICIES, DEVICES, DPO_LOSS_TYPES, GATE_ACTIONS, NEEDS_LABEL_SMOOTHING, PRECISIONS, REPORT_TO, RL_ALGORITHMS, LoRAConfig, MonitorConfig, Recipe, TrainConfig
 from llmpipe.core.errors import UserError
 
 
@@ -104,7 +90,7 @@ def _validate_preference(recipe: Recipe, need: Any) -> None:
 
 def _validate_rl(recipe: Recipe, need: Any) -> None:
     """The online-RL keys of `align` and the `reward` section."""
-    from llmpipe.rewards import RULES  # light module: no torch
+    from llmpipe.eval.rewards import RULES
 
     al, online = recipe.align, recipe.align.method in RL_METHODS
     need(al.rl in RL_ALGORITHMS, "align.rl", f"must be one of {', '.join(RL_ALGORITHMS)}")

@@ -87,7 +87,7 @@ def _no_template_parent(ctx: Ctx) -> None:
 
 def _other_vocab_parent(ctx: Ctx) -> None:
     # A tokenizer.json of another vocabulary size, as when a tokenizer from another run is copied in.
-    from llmpipe.tokenizer import train_tokenizer
+    from llmpipe.stages.tokenizer import train_tokenizer
 
     parent = copy_stage(ctx, "pretrain", "parent")
     other = train_tokenizer(["the kettle is blue and the lamp is red"] * 50, vocab_size=300, min_frequency=1)

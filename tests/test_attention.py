@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from llmpipe.train import attention
-from llmpipe.train.attention import use_length_dispatched_attention
+from llmpipe.speed import attention
+from llmpipe.speed.attention import use_length_dispatched_attention
 
 
 def _pair(family: str):
@@ -91,7 +91,7 @@ def test_a_saved_checkpoint_does_not_record_it(tmp_path):
 def test_every_stage_trainer_on_cpu_gets_it(tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    from llmpipe.train.common import build_trainer
+    from llmpipe.train.fit import build_trainer
 
     _, model = _pair("gpt2")
     model.set_attn_implementation("sdpa")

@@ -36,7 +36,8 @@ def test_chat_reads_piped_lines_and_prints_replies(micro_run: Path):
 
 
 def test_chat_loop_reset_clears_history_and_long_history_is_cut(micro_run: Path):
-    from llmpipe.chat import ChatSession, Sampling, chat_loop, encode_prompt, load_checkpoint
+    from llmpipe.chat import ChatSession, Sampling, chat_loop, encode_prompt
+    from llmpipe.loading import load_checkpoint
 
     model, tokenizer = load_checkpoint(micro_run / "sft", "cpu")
     session = ChatSession(model, tokenizer, Sampling(max_new_tokens=4))

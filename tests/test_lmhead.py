@@ -8,9 +8,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from trl.trainer.utils import add_fused_lm_head
 
-from llmpipe.train.attention import use_length_dispatched_attention
-from llmpipe.train.lmhead import plain_lm_head
-from llmpipe.train.packing import PackedPairsCollator
+from llmpipe.speed.attention import use_length_dispatched_attention
+from llmpipe.speed.lmhead import plain_lm_head
+from llmpipe.speed.packing import PackedPairsCollator
 
 OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
 

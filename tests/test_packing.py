@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from llmpipe.train.attention import SHORT_ROWS
-from llmpipe.train.packing import ROW_MULTIPLE, PackedBlockCollator, narrow_blocks
+from llmpipe.speed.attention import SHORT_ROWS
+from llmpipe.speed.packing import ROW_MULTIPLE, PackedBlockCollator, narrow_blocks
 
 
 def tiny_model():

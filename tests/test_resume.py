@@ -15,7 +15,7 @@ import pytest
 from conftest import MICRO, ROOT, invoke
 
 from llmpipe.runs import read_manifest
-from llmpipe.train.checkpoints import SEAL
+from llmpipe.runs.seals import SEAL
 
 COMMON = ["precision=fp32", "device=cpu", "log_every=1", "save_every=10", "warmup_steps=2", "probes=[]", "sample_prompts=[]"]
 # (stage command, parent stage, stage folder, settings): big enough batches that the kill lands mid-run.

@@ -13,7 +13,7 @@ from conftest import MICRO, invoke
 
 from llmpipe.config import load_recipe
 from llmpipe.core.errors import UserError
-from llmpipe.rewards import as_number, exact_match, format_score, length_score, reward_functions
+from llmpipe.eval.rewards import as_number, exact_match, format_score, length_score, reward_functions
 from llmpipe.runs import manifest_sha, read_manifest
 
 VERIFIABLE = ["align.train_files=[data/verifiable.train.jsonl]", "align.validation_files=[data/verifiable.validation.jsonl]"]

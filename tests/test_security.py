@@ -109,7 +109,7 @@ def test_stage_checkpoints_hold_safetensors_and_no_pickled_weights(micro_run: Pa
 
 def test_a_folder_with_pickled_weights_only_is_refused(micro_run: Path, tmp_path: Path):
     # Loading it would go through torch.load; the checks refuse it before transformers sees it.
-    from llmpipe.integrity import check_model_folder
+    from llmpipe.runs.integrity import check_model_folder
 
     folder = tmp_path / "sft"
     shutil.copytree(micro_run / "sft", folder)

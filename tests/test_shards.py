@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from llmpipe.data.shards import TokenBlockDataset, build_token_shards, cached_token_shards
-from llmpipe.tokenizer import BOS, EOS, train_tokenizer
+from llmpipe.chat_format import BOS, EOS
+from llmpipe.stages.tokenizer import train_tokenizer
 
 WORDS = "the cat sat on a mat while dogs ran past old red barns near cold rivers and quiet hills".split()
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llmpipe.tokenizer import CHAT_TEMPLATE, bytes_per_token, train_tokenizer
+from llmpipe.chat_format import CHAT_TEMPLATE
+from llmpipe.stages.tokenizer import bytes_per_token, train_tokenizer
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -91,7 +92,7 @@ def test_packed_sft_rows_keep_whole_conversations_and_assistant_only_labels(toke
     from llmpipe.models import build_config
     from llmpipe.runs import StageWriter
     from llmpipe.stages.sft import sft_arguments
-    from llmpipe.train.packing import use_packed_blocks
+    from llmpipe.speed.packing import use_packed_blocks
 
     other = [{"role": "user", "content": "Is it red?"}, {"role": "assistant", "content": "It is red."}]
     recipe = load_recipe(None, ["model=micro", "device=cpu", "sft.max_length=128"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 
 def is_main_process() -> bool:
@@ -32,3 +33,12 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
     # transformers 5 renamed gradient_checkpointing, which TRL configs still set; nothing to act on.
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A measure for a result line: `digits` decimals for a float, "-" for a missing one, as-is otherwise."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)

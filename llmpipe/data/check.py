@@ -7,12 +7,15 @@ the tokens that carry loss marked [[like this]].
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.registry import TOKENIZER, command_for, stage_for
+from llmpipe.data.clean import row_text
+from llmpipe.data.pipeline import heldout_texts, load_rows, stream_text
 
-KINDS = {"tokenizer": "text", "pretrain": "text", "sft": "chat", "align": "preference"}
 LOSS_OPEN, LOSS_CLOSE = "[[", "]]"
 
 
@@ -69,25 +72,21 @@ def find_tokenizer(run_dir: Path, given: Path | None) -> Any:
     """The tokenizer to measure with: --tokenizer, else the run's own tokenizer stage, else None."""
     from transformers import AutoTokenizer
 
-    for candidate in ([given] if given else []) + [Path(run_dir) / "tokenizer"]:
+    for candidate in ([given] if given else []) + [Path(run_dir) / TOKENIZER]:
         if candidate is not None and (Path(candidate) / "tokenizer.json").exists():
             return AutoTokenizer.from_pretrained(candidate)
     if given:
-        raise UserError("no tokenizer.json here", file=str(given), hint="pass a folder written by 'llmpipe tokenizer'")
+        raise UserError("no tokenizer.json here", file=str(given), hint=f"pass a folder written by 'llmpipe {command_for(TOKENIZER)}'")
     return None
 
 
 def check(recipe: Any, stage: str, run_dir: Path, tokenizer_dir: Path | None, examples: int) -> dict[str, Any]:
     """Load the stage's data as training would, and measure it. Returns the figures; `format_report` prints them."""
-    from llmpipe.data.clean import row_text
-    from llmpipe.data.pipeline import align_kind, heldout_texts, load_rows, stream_text
-
-    kind = align_kind(recipe.align.method) if stage == "align" else KINDS[stage]
-    cfg = recipe.pretrain if stage == "tokenizer" else getattr(recipe, stage)
-    if stage == "tokenizer":
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, train_files=recipe.tokenizer.train_files, validation_files=recipe.tokenizer.validation_files)
+    spec = stage_for(stage, recipe.align.method)
+    kind = spec.data
+    cfg = getattr(recipe, stage)
+    if not spec.language_model:  # the tokenizer reads its files with the pretraining text's checks and cleaning
+        cfg = dataclasses.replace(recipe.pretrain, train_files=cfg.train_files, validation_files=cfg.validation_files)
     references = heldout_texts(recipe) if cfg.cleaning.decontaminate else []
     if kind == "text":  # streamed: a corpus larger than memory can be checked too
         stream = stream_text(cfg, references)

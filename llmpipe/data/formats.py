@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from llmpipe.data.io import SourceRow
 from llmpipe.core.errors import UserError
+from llmpipe.data.io import SourceRow
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

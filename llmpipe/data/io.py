@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.core.files import sha256_file
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 
@@ -164,8 +165,6 @@ def _read_hub(spec: str) -> Iterator[SourceRow]:
 
 def file_record(spec: str) -> dict[str, Any]:
     """What a manifest records of one data source: path and sha256 of each file."""
-    from llmpipe.core.files import sha256_file
-
     if spec.startswith("hf:"):
         return {"source": spec}
     return {"source": spec, "files": [{"path": str(p), "sha256": sha256_file(p)} for p in expand_paths(spec)]}

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmpipe.core.errors import UserError
+from llmpipe.data.clean import RowCleaner, normalize_row, row_text
 from llmpipe.data.formats import CONVERTERS
 from llmpipe.data.io import SourceRow, file_record, read_rows
-from llmpipe.core.errors import UserError
+from llmpipe.registry import RUN_ORDER, stage_for, stage_spec
 
 
 @dataclass
@@ -87,8 +89,6 @@ def _converted(spec: str, kind: str, cfg: Any, report: DataReport | None) -> Ite
 
 
 def _validation_rows(kind: str, cfg: Any, report: DataReport) -> list[dict[str, Any]]:
-    from llmpipe.data.clean import normalize_row
-
     if cfg.validation_files:
         rows = [row for spec in cfg.validation_files for row in _converted(spec, kind, cfg, report)]
         for source in report.sources:
@@ -118,8 +118,6 @@ def _copies_per_row(kind: str, cfg: Any) -> list[float]:
 
 
 def _train_stream(kind: str, cfg: Any, references: list[str], report: DataReport) -> Callable[[], Iterator[dict]]:
-    from llmpipe.data.clean import RowCleaner
-
     # Invalid rows of the validation files stay counted; the train files' are recounted each pass.
     validation_invalid = dict(report.invalid)
 
@@ -180,17 +178,7 @@ def stream_text(cfg: Any, references: list[str] = ()) -> TextStream:
 
 
 def _with_own(references: list[str], validation: list[dict[str, Any]], cfg: Any) -> list[str]:
-    from llmpipe.data.clean import row_text
-
     return list(references) + [row_text(r) for r in validation] if cfg.cleaning.decontaminate else list(references)
-
-
-def align_kind(method: str) -> str:
-    """The row kind the align stage reads for `method`: prompts for online RL, unpaired rows (or
-    pairs) for KTO, preference pairs for DPO."""
-    from llmpipe.config import RL_METHODS
-
-    return "prompt" if method in RL_METHODS else "unpaired" if method == "kto" else "preference"
 
 
 def heldout_texts(recipe: Any) -> list[str]:
@@ -198,12 +186,13 @@ def heldout_texts(recipe: Any) -> list[str]:
 
     Every stage's training rows are decontaminated against them. Pretraining is not checked against
     its own held-out split: text split at random shares boilerplate n-grams with itself."""
-    from llmpipe.data.clean import row_text
-
     texts = []
-    sections = [("chat", recipe.sft), (align_kind(recipe.align.method), recipe.align)]
-    if recipe.align.method == "rlhf":  # the reward model's held-out pairs
-        sections.append(("preference", recipe.reward))
+    method = recipe.align.method
+    # Every stage of the run that reads rows (not text), with the stages its align method trains first
+    # (rlhf: the reward model's held-out pairs).
+    specs = [stage_for(section, method) for section in RUN_ORDER]
+    specs += [stage_spec(first) for first in stage_spec(method).trains_first]
+    sections = [(spec.data, getattr(recipe, spec.section)) for spec in specs if spec.data != "text"]
     for kind, cfg in sections:
         for spec in cfg.validation_files:
             texts += [row_text(r) for r in _converted(spec, kind, cfg, None)]

@@ -7,19 +7,26 @@ held-out sample and probe suites), so `llmpipe eval runs/tiny/sft` works with no
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.data.formats import to_chat, to_preference, to_text
+from llmpipe.data.io import read_rows
+from llmpipe.eval.gate import measure_protected
+from llmpipe.eval.heldout import measure
+from llmpipe.eval.metrics import chat_ids, generate_from_ids, text_ids
+from llmpipe.eval.probes import load_suite, score_suite, suite_name
+from llmpipe.loading import load_checkpoint
+from llmpipe.registry import STAGES, stage_spec
+from llmpipe.runs import Manifest, read_manifest, write_manifest
 
 
 def load_dataset(spec: str, max_rows: int) -> tuple[str, list[dict[str, Any]]]:
     """Rows of a text, chat or preference dataset (any format llmpipe reads), with its kind, judged
     from the first row: preference if it converts as a pair, else chat, else text."""
-    from llmpipe.data.formats import to_chat, to_preference, to_text
-    from llmpipe.data.io import read_rows
-
     converters = {"preference": to_preference, "chat": to_chat, "text": to_text}
     kind, rows = None, []
     for source in read_rows(spec):
@@ -43,9 +50,6 @@ def load_dataset(spec: str, max_rows: int) -> tuple[str, list[dict[str, Any]]]:
 
 def _measure_all(model: Any, tokenizer: Any, sets: dict[str, tuple[str, list]], suites: dict[str, list], max_length: int,
                  batch_size: int) -> dict[str, Any]:
-    from llmpipe.eval.heldout import measure
-    from llmpipe.eval.probes import score_suite
-
     results = {}
     for name, (kind, rows) in sets.items():
         results[name] = {"dataset_kind": kind, **measure(model, tokenizer, kind, rows, max_length, batch_size, max_rows=len(rows))}
@@ -56,10 +60,10 @@ def _measure_all(model: Any, tokenizer: Any, sets: dict[str, tuple[str, list]], 
     return results
 
 
-def _samples(model: Any, tokenizer: Any, sets: dict[str, tuple[str, list]], manifest: dict[str, Any], n: int) -> list[dict[str, str]]:
-    from llmpipe.eval.metrics import chat_ids, generate_from_ids, text_ids
-
-    chat = bool(tokenizer.chat_template) and manifest.get("stage") != "pretrain"
+def _samples(model: Any, tokenizer: Any, sets: dict[str, tuple[str, list]], manifest: Manifest, n: int) -> list[dict[str, str]]:
+    # A model trained on plain text (pretraining) continues text; every later stage answers chats.
+    text_stage = manifest.stage in STAGES and stage_spec(manifest.stage).data == "text"
+    chat = bool(tokenizer.chat_template) and not text_stage
     prompts: list[str] = []
     for kind, rows in sets.values():
         for row in rows:
@@ -71,8 +75,7 @@ def _samples(model: Any, tokenizer: Any, sets: dict[str, tuple[str, list]], mani
             else:
                 prompts.append(" ".join(row["text"].split()[:8]))
     if not prompts:
-        section = next((v for v in (manifest.get("config") or {}).values() if isinstance(v, dict) and "sample_prompts" in v), {})
-        prompts = list(section.get("sample_prompts", []))
+        prompts = list(manifest.section().get("sample_prompts", []))
     prompts = prompts[:n]
     if not prompts:
         return []
@@ -85,18 +88,12 @@ def evaluate(checkpoint: Path, data: list[str], probes: list[str], against: Path
              max_rows: int = 320, batch_size: int = 16, max_length: int | None = None, device: str = "auto") -> dict[str, Any]:
     """Measure a checkpoint (and `against`, when given) on datasets and probe suites; returns
     {checkpoint, against, results, against_results, samples}."""
-    from llmpipe.chat import load_checkpoint
-    from llmpipe.eval.gate import measure_protected
-    from llmpipe.eval.probes import load_suite, suite_name
-    from llmpipe.runs import read_manifest
-
     checkpoint = Path(checkpoint)
     model, tokenizer = load_checkpoint(checkpoint, device, need_template=False)
     other = load_checkpoint(Path(against), device, need_template=False) if against is not None else None
-    manifest = read_manifest(checkpoint) or {}
+    manifest = read_manifest(checkpoint) or Manifest()
     if max_length is None:
-        lengths = [v["max_length"] for v in (manifest.get("config") or {}).values() if isinstance(v, dict) and "max_length" in v]
-        max_length = lengths[0] if lengths else model.config.n_positions
+        max_length = manifest.section().get("max_length") or model.config.n_positions
     max_length = min(max_length, model.config.n_positions)
     sets = {Path(spec).name.removesuffix(".jsonl") if not spec.startswith("hf:") else spec: load_dataset(spec, max_rows) for spec in data}
     suites = {suite_name(path): load_suite(path) for path in probes}
@@ -104,7 +101,7 @@ def evaluate(checkpoint: Path, data: list[str], probes: list[str], against: Path
         results = _measure_all(model, tokenizer, sets, suites, max_length, batch_size)
         other_results = _measure_all(*other, sets, suites, max_length, batch_size) if other else None
     else:
-        protected = manifest.get("protected") or {}
+        protected = manifest.protected or {}
         if not (protected.get("heldout") or protected.get("probes")):
             raise UserError("no datasets given and the checkpoint protects none", file=str(checkpoint),
                             hint="pass --data FILE and/or --probes FILE")
@@ -152,16 +149,11 @@ def render(evaluation: dict[str, Any]) -> str:
 def record(checkpoint: Path, evaluation: dict[str, Any], json_path: Path | None) -> Path:
     """Store an evaluation in the checkpoint's manifest (`eval`, by set name; children stay valid,
     see runs.manifest_sha) and as JSON (default: <checkpoint>/eval.json); returns the JSON path."""
-    import json
-
-    from llmpipe.runs import MANIFEST, read_manifest
-    from llmpipe.core.files import write_json_atomic
-
-    manifest = read_manifest(checkpoint) or {}
-    stored = manifest.setdefault("eval", {})
-    for name, result in evaluation["results"].items():
-        stored[name] = {**result, "evaluated": evaluation["evaluated"], "max_length": evaluation["max_length"]}
-    write_json_atomic(Path(checkpoint) / MANIFEST, manifest)
+    manifest = read_manifest(checkpoint)
+    if manifest is not None:  # load_checkpoint refused a folder without one; a copy without it keeps only the JSON
+        for name, result in evaluation["results"].items():
+            manifest.eval[name] = {**result, "evaluated": evaluation["evaluated"], "max_length": evaluation["max_length"]}
+        write_manifest(checkpoint, manifest)
     target = Path(json_path) if json_path is not None else Path(checkpoint) / "eval.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(evaluation, indent=2, default=str) + "\n", encoding="utf-8")

@@ -13,7 +13,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmpipe.core.console import is_main_process, say
 from llmpipe.core.errors import EXIT_CHECK_FAILED, UserError
+from llmpipe.eval.heldout import measure
+from llmpipe.eval.probes import load_suite, score_suite, suite_name
+from llmpipe.runs import read_manifest
 
 PROTECTED = "protected"
 
@@ -28,9 +34,6 @@ def protect(work_dir: Path, heldout: list[tuple[str, str, list[dict[str, Any]]]]
             max_length: int) -> dict[str, Any]:
     """Copy held-out rows (name, kind, rows) and probe suites into `work_dir/protected`; returns the
     manifest's `protected` entry (paths relative to the stage folder)."""
-    from llmpipe.core.console import is_main_process
-    from llmpipe.eval.probes import suite_name
-
     folder = Path(work_dir) / PROTECTED
     entry: dict[str, Any] = {"heldout": [], "probes": []}
     for name, kind, rows in heldout:
@@ -53,9 +56,6 @@ def protect(work_dir: Path, heldout: list[tuple[str, str, list[dict[str, Any]]]]
 
 def measure_protected(model: Any, tokenizer: Any, stage_dir: Path, protected: dict[str, Any], batch_size: int = 16) -> dict[str, Any]:
     """Measure `model` on the protected sets of `stage_dir`: {name: {kind: loss|score, value, ...}}."""
-    from llmpipe.eval.heldout import measure
-    from llmpipe.eval.probes import load_suite, score_suite
-
     results = {}
     for item in protected.get("heldout", []):
         path = Path(stage_dir) / item["file"]
@@ -91,13 +91,8 @@ def compare(parent: dict[str, Any], child: dict[str, Any], max_loss_increase: fl
 def run_gate(parent_dir: Path, model: Any, tokenizer: Any, gate_cfg: Any, batch_size: int = 16) -> dict[str, Any] | None:
     """Compare `model` with the parent checkpoint on the parent's protected sets; None when the parent
     protects nothing (a tokenizer) or the gate is off."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmpipe.core.console import say
-    from llmpipe.runs import read_manifest
-
-    manifest = read_manifest(parent_dir) or {}
-    protected = manifest.get("protected")
+    manifest = read_manifest(parent_dir)
+    protected = manifest.protected if manifest is not None else None
     if gate_cfg.action == "off" or not protected or not (protected.get("heldout") or protected.get("probes")):
         return None
     device = next(model.parameters()).device
@@ -109,7 +104,7 @@ def run_gate(parent_dir: Path, model: Any, tokenizer: Any, gate_cfg: Any, batch_
     checks = compare(before, after, gate_cfg.max_loss_increase, gate_cfg.max_probe_drop)
     result = {
         "against": str(Path(parent_dir).resolve()),
-        "parent_stage": manifest.get("stage"),
+        "parent_stage": manifest.stage,
         "passed": all(c["passed"] for c in checks),
         "action": gate_cfg.action,
         "checks": checks,
@@ -120,8 +115,9 @@ def run_gate(parent_dir: Path, model: Any, tokenizer: Any, gate_cfg: Any, batch_
     return result
 
 
-def regression_error(stage: str, stage_dir: Path, gate: dict[str, Any]) -> RegressionError:
-    """The one-line error for a failed gate, naming the checks that regressed and how to go on."""
+def regression_error(stage: str, section: str, stage_dir: Path, gate: dict[str, Any]) -> RegressionError:
+    """The one-line error for a failed gate of `stage` (settings in recipe section `section`), naming the
+    checks that regressed and how to go on."""
     failed = [c for c in gate["checks"] if not c["passed"]]
     what = "; ".join(
         f"{c['name']} {c['kind']} {c['parent']:.4f} -> {c['child']:.4f} "
@@ -131,6 +127,6 @@ def regression_error(stage: str, stage_dir: Path, gate: dict[str, Any]) -> Regre
     return RegressionError(
         f"{stage} regressed against its parent {gate['parent_stage']}: {what}",
         file=str(stage_dir),
-        hint=f"the checkpoint is kept; go on with {stage}.gate.action=warn, loosen {stage}.gate tolerances, "
+        hint=f"the checkpoint is kept; go on with {section}.gate.action=warn, loosen {section}.gate tolerances, "
         "or change the stage's settings and retrain with --restart",
     )

@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from llmpipe.data.blocks import pack_blocks
+from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
+from llmpipe.eval.rl import prompt_accuracy
+
 
 def _token_losses(model: Any, ids: Any, labels: Any, batch_size: int) -> tuple[float, int]:
     """Summed next-token loss over labelled positions, and their count."""
@@ -49,8 +53,6 @@ def text_loss(model: Any, tokenizer: Any, texts: list[str], block_size: int, max
 
     Bits per byte divides the summed loss by the bytes the scored tokens stand for (estimated from
     the tokens-per-byte of the whole set), so it compares across tokenizers."""
-    from llmpipe.stages.pretrain import pack_blocks
-
     blocks, n_tokens = pack_blocks(tokenizer, texts, block_size)
     blocks = blocks[:max_blocks]
     if len(blocks) == 0:
@@ -85,8 +87,6 @@ def chat_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length
 def measure(model: Any, tokenizer: Any, kind: str, rows: list[dict[str, Any]], max_length: int, batch_size: int = 16,
             max_rows: int = 320) -> dict[str, Any]:
     """The headline measures of `kind` (text, chat, preference or prompt) rows; `value` is the one compared."""
-    from llmpipe.eval.metrics import preference_accuracy
-
     rows = rows[:max_rows]
     if kind == "text":
         result = text_loss(model, tokenizer, [r["text"] for r in rows], max_length, max_rows, batch_size)
@@ -95,12 +95,10 @@ def measure(model: Any, tokenizer: Any, kind: str, rows: list[dict[str, Any]], m
         result = chat_loss(model, tokenizer, rows, max_length, batch_size)
         return {"kind": "loss", "value": result["loss"], **result}
     if kind == "prompt":  # RL prompts: greedy exact-match accuracy where rows carry an answer, else nothing to compare
-        from llmpipe.eval.rl import prompt_accuracy
 
         result = prompt_accuracy(model, tokenizer, rows, 24)
         return {"kind": "score", "value": result["accuracy"], **{k: v for k, v in result.items() if k != "samples"}}
     if kind == "unpaired":  # KTO rows: desirable completions above the undesirable ones' mean
-        from llmpipe.eval.metrics import unpaired_accuracy
 
         result = unpaired_accuracy(model, tokenizer, rows, batch_size)
         return {"kind": "score", "value": result["accuracy"], **result}

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.eval.metrics import answer_matches, chat_ids, continuation_logps, generate_from_ids, text_ids
 
 CHECKS = ("exact", "contains", "regex", "choice")
 FORMATS = ("text", "chat")
@@ -128,8 +129,6 @@ def _normalise(text: str) -> str:
 
 def passes(probe: Probe, reply: str) -> bool:
     """Whether a generated reply passes a generated (non-choice) probe."""
-    from llmpipe.eval.metrics import answer_matches
-
     if probe.check == "exact":
         return _normalise(reply) == _normalise(probe.answer)
     if probe.check == "contains":
@@ -138,14 +137,10 @@ def passes(probe: Probe, reply: str) -> bool:
 
 
 def _prompt_ids(tokenizer: Any, probe: Probe) -> list[int]:
-    from llmpipe.eval.metrics import chat_ids, text_ids
-
     return chat_ids(tokenizer, probe.messages()) if probe.format == "chat" else text_ids(tokenizer, probe.prompt)
 
 
 def _choice_ids(tokenizer: Any, probe: Probe, choice: str) -> list[int]:
-    from llmpipe.eval.metrics import chat_ids, text_ids
-
     if probe.format == "chat":
         return chat_ids(tokenizer, probe.messages(), [{"role": "assistant", "content": choice}])
     return text_ids(tokenizer, probe.prompt + choice)
@@ -153,8 +148,6 @@ def _choice_ids(tokenizer: Any, probe: Probe, choice: str) -> list[int]:
 
 def score_suite(model: Any, tokenizer: Any, probes: list[Probe], batch_size: int = 16) -> dict[str, Any]:
     """Score a suite: share of probes passed, with each probe's outcome (reply or chosen choice)."""
-    from llmpipe.eval.metrics import continuation_logps, generate_from_ids
-
     outcomes: dict[int, dict[str, Any]] = {}
     choice_probes = [(i, p) for i, p in enumerate(probes) if p.check == "choice"]
     pairs = [(_prompt_ids(tokenizer, p), _choice_ids(tokenizer, p, c)) for _, p in choice_probes for c in p.choices]

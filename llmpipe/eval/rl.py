@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from llmpipe.eval.metrics import padded
+from llmpipe.chat_format import stop_token_ids
+from llmpipe.eval.metrics import chat_ids, generate_replies, padded
+from llmpipe.eval.rewards import exact_match, reply_text, score
 
 
 def _device(model: Any) -> Any:
@@ -56,7 +58,6 @@ def sample_replies(model: Any, tokenizer: Any, prompts: list[list[int]], max_new
     generation config carries the stop tokens. Seeded, without touching the global RNG stream."""
     import torch
 
-    from llmpipe.train.common import stop_token_ids
 
     device = _device(model)
     config = copy.deepcopy(model.generation_config)
@@ -108,9 +109,6 @@ def reply_logps(model: Any, prompts: list[list[int]], replies: list[list[int]], 
 
 def prompt_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:
     """Share of prompt rows with an `answer` whose greedy reply matches it (the exact_match rule)."""
-    from llmpipe.eval.metrics import generate_replies
-    from llmpipe.rewards import exact_match
-
     rows = [r for r in rows if r.get("answer") not in (None, "")]
     if not rows:
         return {"accuracy": None, "rows": 0, "samples": []}
@@ -125,10 +123,6 @@ def policy_metrics(policy: Any, reference: Any, tokenizer: Any, rows: list[dict[
     """What an RL policy scores on held-out prompt rows: `cfg.num_generations` sampled replies per
     prompt give the mean reward (reward model and each rule, summed as in training), the mean KL to
     `reference` per reply and per token, and the reply length; greedy replies give exact-match accuracy."""
-    from llmpipe.eval.metrics import chat_ids
-    from llmpipe.rewards import reply_text, score
-    from llmpipe.train.common import stop_token_ids
-
     prompts = [r["prompt"] for r in rows for _ in range(cfg.num_generations)]
     answers = [r.get("answer") for r in rows for _ in range(cfg.num_generations)]
     prompt_ids = [chat_ids(tokenizer, p) for p in prompts]

@@ -3,7 +3,7 @@ frozen SFT model (Ethayarajh et al. 2024, Kahneman-Tversky Optimization).
 
 Rows are {"prompt": [messages], "completion": [messages], "label": true|false}, TRL's unpaired
 preference format; preference pairs are read too, each as one desirable and one undesirable row. The
-stage folder is runs/<run>/kto; the align stage's `run` calls `train` here.
+stage folder is runs/<run>/kto.
 """
 
 from __future__ import annotations
@@ -12,26 +12,26 @@ import random
 from pathlib import Path
 from typing import Any
 
-from llmpipe.config import Recipe
-from llmpipe.core.console import say
+from trl import KTOConfig, KTOTrainer
+
+from llmpipe.core.console import fmt, say
+from llmpipe.data.formats import unpair
+from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
+from llmpipe.runs.context import StageContext
+from llmpipe.train.args import limit_rows
+from llmpipe.train.fit import finish, fit
+from llmpipe.train.preference import load_data, preference_trainer
 
 
-def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
-    """Train KTO from the parent checkpoint into the writer's work folder; returns the stage folder."""
-    from trl import KTOConfig, KTOTrainer
-
-    from llmpipe.data.formats import unpair
-    from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
-    from llmpipe.train.common import limit_rows
-    from llmpipe.train.preference import finish, fit_scored, load_data, preference_trainer
-
-    cfg = recipe.align
-    tokenizer, data = load_data(recipe, writer, parent_dir, "unpaired")
+def train(ctx: StageContext) -> Path:
+    """Train KTO from the parent checkpoint into the work folder; returns the stage folder."""
+    recipe, cfg = ctx.recipe, ctx.cfg
+    tokenizer, data = load_data(ctx)
     train_rows = _shuffled(unpair(data.train), recipe.seed)
-    writer.manifest["data"]["kto_train_rows"] = {"desirable": sum(r["label"] for r in train_rows),
+    ctx.manifest.data["kto_train_rows"] = {"desirable": sum(r["label"] for r in train_rows),
                                                  "undesirable": sum(not r["label"] for r in train_rows)}
     eval_rows = _shuffled(unpair(limit_rows(data.validation, cfg)), recipe.seed)
-    trainer = preference_trainer(KTOTrainer, KTOConfig, recipe, writer, parent_dir, tokenizer, train_rows, eval_rows,
+    trainer = preference_trainer(ctx, KTOTrainer, KTOConfig, tokenizer, train_rows, eval_rows,
                                  desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
 
     # Held-out scores: pairs by preference accuracy, unpaired rows by how many desirable completions
@@ -45,9 +45,9 @@ def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
 
     # MFU: besides the policy's forward + backward (6 FLOPs per parameter), a gradient-free forward of
     # the policy on the KL completions (2); the reference ran before training.
-    fitted = fit_scored(trainer, recipe, writer, tokenizer, score, 8 / 6)
+    fitted = fit(ctx, trainer, tokenizer, measure=score, flops_scale=8 / 6)
     before, after, final_eval = fitted.before, fitted.after, fitted.final_eval
-    writer.manifest["metrics"] = {
+    ctx.manifest.metrics = {
         "validation_loss": final_eval.get("eval_loss"),
         "reward_margin": final_eval.get("eval_rewards/margins"),
         "reward_chosen": final_eval.get("eval_rewards/chosen"),
@@ -65,11 +65,11 @@ def train(recipe: Recipe, writer: Any, parent_dir: Path) -> Path:
     # The headline: pairs where there are any (comparable with DPO), else the unpaired measure.
     key, name = ("pairs", "held-out preference accuracy") if pairs else ("unpaired", "held-out desirable-above-undesirable share")
     metric = {"name": name, "before": before.get(key, {}).get("accuracy"), "after": after[key]["accuracy"]}
-    say(f"kto: {name} {metric['before']} -> {metric['after']}; reward margin {final_eval.get('eval_rewards/margins')}, "
-        f"kl {final_eval.get('eval_kl')}")
+    say(f"kto: {name} {fmt(metric['before'])} -> {fmt(metric['after'])}; reward margin "
+        f"{fmt(final_eval.get('eval_rewards/margins'))}, kl {fmt(final_eval.get('eval_kl'))}")
     heldout = [("preference-validation", "preference", limit_rows([r for r in data.validation if "chosen" in r], cfg)),
                ("unpaired-validation", "unpaired", limit_rows([r for r in data.validation if "chosen" not in r], cfg))]
-    return finish(trainer, recipe, writer, tokenizer, parent_dir, fitted, metric, heldout)
+    return finish(ctx, fitted, tokenizer, metric, heldout)
 
 
 def _shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:

@@ -12,35 +12,35 @@ The policy generates with the chat template and stops at the end-of-turn token.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from llmpipe.config import Recipe
-from llmpipe.core.console import say
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+from llmpipe.chat_format import load_chat_tokenizer, set_generation_stops, stop_token_ids
+from llmpipe.core.console import fmt, say
 from llmpipe.core.errors import UserError
+from llmpipe.data.pipeline import heldout_texts, load_rows
+from llmpipe.eval.rewards import reward_functions
+from llmpipe.eval.rl import policy_metrics
+from llmpipe.registry import REWARD_MODEL, RL_ALGORITHMS, stage_spec
+from llmpipe.runs import StageRef, manifest_sha
+from llmpipe.runs.context import StageContext
+from llmpipe.stages.reward import load_reward_model
+from llmpipe.train.args import training_arguments
+from llmpipe.train.fit import build_trainer, finish, fit
+from llmpipe.train.lora import load_model, peft_config
 
-
-def run(recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
-    """Train the policy of method rlhf, grpo or rloo (rlhf first trains or reuses its reward model)."""
-    from llmpipe.runs import manifest_sha, run_stage
-    from llmpipe.stages import reward
-
-    cfg = recipe.align
-    if cfg.reward_model:  # checked before anything trains, so a wrong path costs a second
-        reward_dir: Path | None = reward.check_reward_folder(cfg.reward_model)
-    elif cfg.method == "rlhf":
-        reward_dir = reward.run(recipe, run_dir, parent, restart)
-    else:
-        reward_dir = None
-    # The reward model decides the result as much as the parent does: a changed one is a changed stage.
-    inputs = {"reward_model_sha256": manifest_sha(reward_dir)} if reward_dir is not None else {}
-    return run_stage(cfg.method, "align", recipe, run_dir, parent, restart, partial(_train, reward_dir=reward_dir), inputs)
+# TRL's config and trainer of each RL algorithm (align.rl for rlhf; grpo and rloo name their own).
+ALGORITHMS = dict(zip(RL_ALGORITHMS, ((RLOOConfig, RLOOTrainer), (GRPOConfig, GRPOTrainer)), strict=True))
 
 
 def rule_names(cfg: Any) -> list[str]:
-    """The rule rewards a method uses: the recipe's, else exact_match for grpo/rloo and none for rlhf."""
-    return list(cfg.rewards) or ([] if cfg.method == "rlhf" else ["exact_match"])
+    """The rule rewards a method uses: the recipe's, else none for a method with a reward model (rlhf)
+    and exact_match for the rule-reward methods (grpo, rloo)."""
+    return list(cfg.rewards) or ([] if stage_spec(cfg.method).trains_first else ["exact_match"])
 
 
 def _check_answers(rows: list[dict[str, Any]], rules: list[str], cfg: Any) -> None:
@@ -54,44 +54,17 @@ def _check_answers(rows: list[dict[str, Any]], rules: list[str], cfg: Any) -> No
         )
 
 
-def _trainer_classes(algorithm: str) -> tuple[type, type]:
-    if algorithm == "grpo":
-        from trl import GRPOConfig, GRPOTrainer
-
-        return GRPOConfig, GRPOTrainer
-    from trl import RLOOConfig, RLOOTrainer
-
-    return RLOOConfig, RLOOTrainer
-
-
-def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | None) -> Path:
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-
-    from llmpipe.data.pipeline import heldout_texts, load_rows
-    from llmpipe.eval.rl import policy_metrics
-    from llmpipe.rewards import reward_functions
-    from llmpipe.runs import manifest_sha
-    from llmpipe.stages.reward import load_reward_model
-    from llmpipe.stages.sft import load_chat_tokenizer
-    from llmpipe.train.common import (
-        build_trainer,
-        complete,
-        fit_measured,
-        set_generation_stops,
-        stop_token_ids,
-        summary,
-        training_arguments,
-    )
-    from llmpipe.train.lora import load_model, peft_config
-
+def train(ctx: StageContext) -> Path:
+    """Train the policy of method rlhf, grpo or rloo (`ctx.inputs["reward_model_dir"]`: the reward model, if any)."""
+    recipe, writer, parent_dir = ctx.recipe, ctx.writer, ctx.parent_dir
+    reward_dir: Path | None = ctx.inputs.get("reward_model_dir")
     cfg = recipe.align
-    algorithm = cfg.rl if cfg.method == "rlhf" else cfg.method
+    algorithm = cfg.rl if stage_spec(cfg.method).trains_first else cfg.method
     rules = rule_names(cfg)
     tokenizer = load_chat_tokenizer(parent_dir)
-    data = load_rows("prompt", cfg, heldout_texts(recipe) if cfg.cleaning.decontaminate else [])
+    data = load_rows(ctx.spec.data, cfg, heldout_texts(recipe) if cfg.cleaning.decontaminate else [])
     _check_answers(data.train, rules, cfg)
-    writer.manifest["data"] = data.report.to_manifest()
+    ctx.manifest.data = data.report.to_manifest()
     # Loaded from its folder: TRL builds the frozen reference by re-loading the policy's name_or_path
     # (with LoRA there is no copy: the reference is the policy with its adapters disabled).
     policy = load_model(parent_dir)
@@ -102,11 +75,11 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | Non
     if reward_dir is not None:
         reward_model, reward_tokenizer = load_reward_model(reward_dir)
         funcs.append(reward_model)
-        writer.manifest["reward_model"] = {"path": str(reward_dir.resolve()), "stage": "reward",
-                                           "manifest_sha256": manifest_sha(reward_dir)}
+        ctx.manifest.reward_model = StageRef(path=str(reward_dir.resolve()), stage=REWARD_MODEL,
+                                             manifest_sha256=manifest_sha(reward_dir))
     funcs += reward_functions(rules, stop_token_ids(policy))
 
-    config_class, trainer_class = _trainer_classes(algorithm)
+    config_class, trainer_class = ALGORITHMS[algorithm]
     args = training_arguments(
         config_class, cfg, recipe, writer,
         beta=cfg.beta,
@@ -122,6 +95,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | Non
     columns = ["prompt", "answer"] if all("answer" in r for r in data.train) else ["prompt"]
     trainer = build_trainer(
         trainer_class,
+        "plain",
         model=policy,
         reward_funcs=funcs,
         args=args,
@@ -129,7 +103,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | Non
         eval_dataset=Dataset.from_list([{k: r[k] for k in columns if k in r} for r in eval_rows]),
         processing_class=tokenizer,
         reward_processing_classes=[reward_tokenizer] * (reward_model is not None) + [None] * len(rules),
-        peft_config=peft_config(cfg.lora, policy, "align"),
+        peft_config=peft_config(cfg.lora, policy, ctx.spec.section),
     )
     # MFU, roughly: besides the trained forward+backward (6 FLOPs/param/token), every token is also
     # generated and scored by the policy, the reference and the reward model (2 each).
@@ -148,8 +122,8 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | Non
             return policy_metrics(model, reference, tokenizer, heldout, cfg, rules, reward_model, reward_tokenizer, recipe.seed)
 
     # The policy-gradient loss sits near 0 and changes sign: only the NaN guard applies (spikes=False).
-    run = fit_measured(trainer, recipe, cfg, writer, tokenizer, measure, flops_scale=flops_scale, spikes=False)
-    before, after, final_eval = run.before, run.after, run.final_eval
+    fitted = fit(ctx, trainer, tokenizer, measure=measure, flops_scale=flops_scale, spikes=False)
+    before, after, final_eval = fitted.before, fitted.after, fitted.final_eval
 
     metrics: dict[str, Any] = {"algorithm": algorithm, "rewards": (["reward_model"] if reward_model is not None else []) + rules,
                                "validation_loss": final_eval.get("eval_loss"), "heldout_prompts": len(heldout)}
@@ -157,7 +131,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | Non
         if key != "samples":
             metrics[f"{key}_before"], metrics[key] = before.get(key), value
     metrics.update(max_kl=cfg.max_kl, kl_within_bound=after["kl"] <= cfg.max_kl, samples=after.get("samples", []))
-    writer.manifest["metrics"] = metrics
+    ctx.manifest.metrics = metrics
 
     if "exact_match" in rules:
         name, key = "held-out exact-match accuracy", "exact_match_accuracy"
@@ -166,12 +140,7 @@ def _train(recipe: Recipe, writer: Any, parent_dir: Path, reward_dir: Path | Non
     else:
         name, key = "held-out mean reward", "mean_reward"
     metric = {"name": name, "before": before.get(key), "after": after[key]}
-    say(f"{cfg.method}: {name} {_fmt(before.get(key))} -> {_fmt(after[key])}; KL to the SFT model {_fmt(after['kl'])} nats per reply "
+    say(f"{cfg.method}: {name} {fmt(before.get(key))} -> {fmt(after[key])}; KL to the SFT model {fmt(after['kl'])} nats per reply "
         f"({'within' if after['kl'] <= cfg.max_kl else 'ABOVE'} align.max_kl={cfg.max_kl:g})")
-    protected = [(f"{cfg.method}-prompts", "prompt", heldout)]
-    return complete(writer, cfg, trainer.model, tokenizer, parent_dir, summary(run.result, final_eval.get("eval_loss"), metric),
-                    protected, run.monitor)
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    protected = [(f"{cfg.method}-prompts", ctx.spec.data, heldout)]
+    return finish(ctx, fitted, tokenizer, metric, protected)

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmpipe.core.files import write_json_atomic
+
 # Dense bf16 peak FLOP/s from the vendors' data sheets, matched on the CUDA device name.
 GPU_PEAKS_BF16 = {
     "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 756e12,
@@ -75,8 +77,6 @@ def peak_flops(args: Any, peak_tflops: float = 0.0) -> tuple[float | None, str]:
     if measured > known.get(key, 0.0):
         known[key] = measured
         try:
-            from llmpipe.core.files import write_json_atomic
-
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cache, known)
         except OSError:

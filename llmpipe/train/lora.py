@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.core.files import sha256_file
+from llmpipe.models import LORA_TARGETS
 
 ADAPTER = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -41,7 +43,6 @@ def peft_config(cfg: Any, model: Any, section: str) -> Any | None:
     from peft import LoraConfig
     from transformers.pytorch_utils import Conv1D
 
-    from llmpipe.models import LORA_TARGETS
 
     model_type = model.config.model_type
     targets = list(cfg.target_modules or LORA_TARGETS.get(model_type, []))
@@ -84,8 +85,6 @@ def save_trained(trainer: Any, writer: Any, tokenizer: Any) -> None:
     """Save the trained model into the stage's work folder. A LoRA model saves its adapter (plus
     tokenizer and generation config) in `adapter/`, then the adapter merged into its base as the
     stage checkpoint; the manifest's `lora` entry records the base and the adapter's file hashes."""
-    from llmpipe.core.files import sha256_file
-
     work = Path(writer.work_dir)
     if not is_lora(trainer.model):
         # Every process calls save_model (it gathers DDP/FSDP shards); only the first one writes.

@@ -18,6 +18,10 @@ from typing import Any
 
 from llmpipe.core.console import say
 from llmpipe.core.errors import EXIT_CHECK_FAILED, UserError
+from llmpipe.eval.metrics import chat_ids, generate_from_ids, text_ids
+from llmpipe.eval.probes import score_suite
+from llmpipe.train.checkpoints import checkpoint_callbacks
+from llmpipe.train.flops import peak_flops
 
 
 class TrainingDiverged(UserError):
@@ -47,8 +51,6 @@ class Monitor:
     """The callbacks attached to one trainer and what they recorded, for the manifest."""
 
     def __init__(self, trainer: Any, setup: MonitorSetup, recipe: Any, tokenizer: Any, work_dir: Path) -> None:
-        from llmpipe.train.flops import peak_flops
-
         cfg = recipe.monitor
         self.setup = setup
         self.compiled = bool(trainer.args.torch_compile)
@@ -56,7 +58,6 @@ class Monitor:
         self.progress = _progress(setup, self.peak)
         self.guard = _guard(trainer, cfg, setup.stage, setup.spikes)
         self.prober = _probe_runner(trainer, tokenizer, setup) if setup.probe_suites or setup.sample_prompts else None
-        from llmpipe.train.checkpoints import checkpoint_callbacks
 
         sealer, self.stopper = checkpoint_callbacks()
         callbacks = [self.progress, self.guard, sealer, self.stopper] + ([self.prober] if self.prober else [])
@@ -195,7 +196,6 @@ def _guard(trainer: Any, cfg: Any, stage: str, spikes: bool = True) -> Any:
         the stage with the last good checkpoint kept; `rollback` resumes from the last checkpoint with
         the learning rate scaled down, dropping the offending step's batch when it comes round again.
         """
-
         def __init__(self) -> None:
             self.micro_losses: list[Any] = []
             self.grad_norm: Any = None
@@ -301,8 +301,6 @@ def _guard(trainer: Any, cfg: Any, stage: str, spikes: bool = True) -> Any:
 def _probe_runner(trainer: Any, tokenizer: Any, setup: MonitorSetup) -> Any:
     from transformers import TrainerCallback
 
-    from llmpipe.eval.metrics import chat_ids, generate_from_ids, text_ids
-    from llmpipe.eval.probes import score_suite
 
     every = setup.probe_every
 

@@ -12,7 +12,6 @@ through the run folder and trusts it only if the parent's manifest says `complet
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -22,44 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmpipe.config import same_settings, stage_identity
 from llmpipe.core.console import is_main_process
 from llmpipe.core.dist import barrier, main_process_first
-from llmpipe.core.files import sha256_file, sha256_text, write_json_atomic
 from llmpipe.core.errors import UserError, writing
-
-MANIFEST = "manifest.json"
-# Which stages each stage accepts as its parent; the first is the default.
-PARENTS: dict[str, tuple[str, ...]] = {
-    "tokenizer": (),
-    "pretrain": ("tokenizer",),
-    "sft": ("pretrain", "sft"),
-    "dpo": ("sft", "dpo"),
-    "kto": ("sft", "kto", "dpo"),
-    # Method rlhf: a reward model and a policy, both from the SFT model (or a DPO one, with --from).
-    "reward": ("sft", "dpo"),
-    "rlhf": ("sft", "dpo", "rlhf", "grpo", "rloo"),
-    # Methods grpo / rloo: a policy trained on rule rewards (plus an optional reward model).
-    "grpo": ("sft", "dpo", "rlhf", "grpo", "rloo"),
-    "rloo": ("sft", "dpo", "rlhf", "grpo", "rloo"),
-}
-
-
-def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
-    """The manifest of a stage folder, or None when there is none or it cannot be parsed."""
-    path = Path(stage_dir) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def manifest_sha(stage_dir: Path) -> str:
-    """sha256 of a stage's manifest without its `eval` results: the identity a child records for its
-    parent, unchanged when the parent is evaluated later."""
-    manifest = json.loads((Path(stage_dir) / MANIFEST).read_text(encoding="utf-8"))
-    manifest.pop("eval", None)
-    return sha256_text(json.dumps(manifest, sort_keys=True, default=str))
-
+from llmpipe.core.files import sha256_file
+from llmpipe.registry import STAGES as STAGE_NAMES
+from llmpipe.registry import command_for, stage_spec
+from llmpipe.runs.manifest import MANIFEST, Manifest, StageRef, manifest_sha, read_manifest, write_manifest
+from llmpipe.runs.seals import newest_valid_checkpoint
 
 def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> Path:
     """Find and check the parent checkpoint of `stage`: `--from` if given, else the run's own.
@@ -67,7 +37,7 @@ def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> P
     Raises a UserError when the folder is missing, has no manifest, is not complete, or is of a
     stage this one cannot start from.
     """
-    allowed = PARENTS[stage]
+    allowed = stage_spec(stage).parents
     if from_path is not None:
         parent = Path(from_path)
     else:
@@ -79,36 +49,31 @@ def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> P
         raise UserError("is a file; --from takes a stage folder", file=str(parent), field="--from",
                         hint=f"pass the folder that holds it, e.g. {parent.parent}")
     if not parent.is_dir():
-        hint = f"run 'llmpipe {_command_for(allowed[0])}' first, or pass --from PATH to a finished {allowed[0]} folder"
+        hint = f"run 'llmpipe {command_for(allowed[0])}' first, or pass --from PATH to a finished {allowed[0]} folder"
         raise UserError(f"parent checkpoint folder not found (needed by {stage})", file=str(parent), hint=hint)
     manifest = read_manifest(parent)
     if manifest is None:
         raise UserError(
             "no readable manifest.json: not an llmpipe stage folder",
             file=str(parent),
-            hint=f"pass --from a folder written by 'llmpipe {_command_for(allowed[0])}'",
+            hint=f"pass --from a folder written by 'llmpipe {command_for(allowed[0])}'",
         )
-    if manifest.get("status") != "complete":
+    if manifest.status != "complete":
+        resumes = command_for(manifest.stage) if manifest.stage in STAGE_NAMES else command_for(allowed[0])
         raise UserError(
-            f"parent stage is '{manifest.get('status')}', not complete",
+            f"parent stage is '{manifest.status}', not complete",
             file=str(parent / MANIFEST),
             field="status",
-            hint=f"finish it first ('llmpipe {_command_for(manifest.get('stage', allowed[0]))}' resumes it)",
+            hint=f"finish it first ('llmpipe {resumes}' resumes it)",
         )
-    if manifest.get("stage") not in allowed:
+    if manifest.stage not in allowed:
         raise UserError(
-            f"parent is a '{manifest.get('stage')}' checkpoint; {stage} starts from {' or '.join(allowed)}",
+            f"parent is a '{manifest.stage}' checkpoint; {stage} starts from {' or '.join(allowed)}",
             file=str(parent / MANIFEST),
             field="stage",
             hint=f"pass --from a {allowed[0]} folder",
         )
     return parent
-
-
-def _command_for(stage: str) -> str:
-    if stage == "reward":
-        return "align --method rlhf"
-    return f"align --method {stage}" if stage in ("dpo", "kto", "rlhf", "grpo", "rloo") else stage
 
 
 def _restore_interrupted_swap(final: Path) -> None:
@@ -158,12 +123,6 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return lines
 
 
-def _same_settings(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    from llmpipe.config import same_settings
-
-    return same_settings(old, new)
-
-
 @dataclass
 class StageWriter:
     """Owns one stage's folders: decides skip/resume/refuse, writes the manifest, swaps into place.
@@ -179,7 +138,9 @@ class StageWriter:
     restart: bool = False
     skip: bool = False
     resume_from: Path | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
+    # The work folder's manifest of the interrupted run this one resumes (None for a fresh start).
+    previous: Manifest | None = None
+    manifest: Manifest = field(default_factory=Manifest)
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -196,26 +157,56 @@ class StageWriter:
             if self.skip:
                 return
             self._prepare_work_dir()
-        self.manifest = {
-            "stage": self.stage,
-            "status": "running",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": versions(),
-            "git_commit": git_commit(),
-            "config": self.config,
-            "seed": self.config.get("seed"),
-            "parent": None
-            if self.parent is None
-            else {
-                "path": str(self.parent.resolve()),
-                "stage": (read_manifest(self.parent) or {}).get("stage"),
-                "manifest_sha256": parent_sha,
-            },
-            "data": [],
-            "metrics": {},
-            "evals": [],
-        }
+            if self.resume_from is not None:
+                self.previous = read_manifest(self.work_dir)
+        parent_manifest = read_manifest(self.parent) if self.parent is not None else None
+        self.manifest = Manifest(
+            stage=self.stage,
+            status="running",
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            versions=versions(),
+            git_commit=git_commit(),
+            config=self.config,
+            seed=self.config.get("seed"),
+            parent=None if self.parent is None else StageRef(
+                path=str(self.parent.resolve()),
+                stage=parent_manifest.stage if parent_manifest is not None else None,
+                manifest_sha256=parent_sha,
+            ),
+        )
+        segment = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started_epoch": self.started, "wall_seconds": None,
+                   "resumed_from": None if self.resume_from is None else self.resume_from.name}
+        if self.previous is not None:
+            # What the interrupted run recorded up to its checkpoint is part of this stage's record.
+            self.manifest.created = self.previous.created or self.manifest.created
+            self.manifest.before = self.previous.before
+            self.manifest.segments = [*self.previous.segments]
+            last = self.manifest.segments[-1] if self.manifest.segments else None
+            if last is not None and last.get("wall_seconds") is None and last.get("started_epoch") is not None:
+                # A killed process could not record its end: its last checkpoint is when it last made progress.
+                last["wall_seconds"] = round(self.resume_from.stat().st_mtime - last["started_epoch"], 2)
+        self.manifest.segments.append(segment)
         self.save_manifest()
+
+    def _resume_step(self) -> int:
+        return int(self.resume_from.name.split("-")[-1]) if self.resume_from is not None else 0
+
+    def carried_history(self) -> list[dict[str, Any]]:
+        """The interrupted run's log history up to the checkpoint this run resumed from."""
+        return self.carried("evals")
+
+    def carried(self, field_name: str) -> list[dict[str, Any]]:
+        """Entries of the interrupted run's `evals`, `probes` or `samples` up to the resumed checkpoint's step
+        (later ones are logged again by this run)."""
+        if self.previous is None:
+            return []
+        step = self._resume_step()
+        return [e for e in getattr(self.previous, field_name) if isinstance(e, dict) and e.get("step", 0) <= step]
+
+    def total_wall_seconds(self) -> float:
+        """Wall time of every run that trained this stage: earlier segments plus this one so far."""
+        earlier = sum(seg.get("wall_seconds") or 0 for seg in self.manifest.segments[:-1])
+        return earlier + time.time() - self.started
 
     def _check_existing(self, parent_sha: str | None) -> None:
         if not self.final_dir.exists():
@@ -227,22 +218,20 @@ class StageWriter:
                 file=str(self.final_dir),
                 hint="move it away or choose another run folder with --out",
             )
-        if old.get("stage") != self.stage:
+        if old.stage != self.stage:
             raise UserError(
-                f"output folder holds a '{old.get('stage')}' stage, not {self.stage}",
+                f"output folder holds a '{old.stage}' stage, not {self.stage}",
                 file=str(self.final_dir / MANIFEST),
                 hint="choose another run folder with --out",
             )
-        same_parent = (old.get("parent") or {}).get("manifest_sha256") == parent_sha
-        if _same_settings(old.get("config"), self.config) and same_parent and not self.restart:
+        same_parent = (old.parent.manifest_sha256 if old.parent is not None else None) == parent_sha
+        if same_settings(old.config, self.config) and same_parent and not self.restart:
             self.skip = True
             return
         if self.restart or not same_parent:
             # A new parent makes the old result stale; it is replaced only when this run succeeds.
             return
-        from llmpipe.config import stage_identity
-
-        diff = config_diff(stage_identity(old.get("config") or {}), stage_identity(self.config))
+        diff = config_diff(stage_identity(old.config), stage_identity(self.config))
         raise UserError(
             f"already holds a finished {self.stage} trained with other settings ({'; '.join(diff[:3])})",
             file=str(self.final_dir),
@@ -254,7 +243,7 @@ class StageWriter:
         if not is_main_process():
             self._find_resume_checkpoint()
             return
-        if self.work_dir.exists() and not self.restart and old is not None and _same_settings(old.get("config"), self.config):
+        if self.work_dir.exists() and not self.restart and old is not None and same_settings(old.config, self.config):
             self._find_resume_checkpoint()
             return
         if self.work_dir.exists():
@@ -262,8 +251,6 @@ class StageWriter:
         self.work_dir.mkdir(parents=True)
 
     def _find_resume_checkpoint(self) -> None:
-        from llmpipe.train.checkpoints import newest_valid_checkpoint
-
         self.resume_from = newest_valid_checkpoint(self.checkpoints_dir)
 
     @property
@@ -275,7 +262,7 @@ class StageWriter:
         """Write the current manifest into the work folder (atomically; first process only)."""
         if is_main_process():
             with writing(self.work_dir / MANIFEST):
-                write_json_atomic(self.work_dir / MANIFEST, self.manifest)
+                write_manifest(self.work_dir, self.manifest)
 
     def finish(self, summary: dict[str, Any]) -> Path:
         """Mark complete, hash the artefacts, and swap the work folder into the stage folder."""
@@ -287,16 +274,11 @@ class StageWriter:
         for path in sorted(self.work_dir.iterdir()):
             if path.is_file() and path.name != MANIFEST:
                 files[path.name] = sha256_file(path)
-        self.manifest.update(
-            status="complete",
-            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            wall_seconds=round(time.time() - self.started, 2),
-            files=files,
-            summary=summary,
-        )
-        for name, key in (("tokenizer.json", "tokenizer_sha256"), ("chat_template.jinja", "chat_template_sha256")):
-            if name in files:
-                self.manifest[key] = files[name]
+        m = self.manifest
+        m.status, m.finished, m.files, m.summary = "complete", time.strftime("%Y-%m-%dT%H:%M:%S%z"), files, summary
+        m.wall_seconds = round(self.total_wall_seconds(), 2)
+        m.segments[-1]["wall_seconds"] = round(time.time() - self.started, 2)
+        m.tokenizer_sha256, m.chat_template_sha256 = files.get("tokenizer.json"), files.get("chat_template.jinja")
         self.save_manifest()
         old = self.final_dir.with_name(f".{self.stage}.old")
         if old.exists():
@@ -319,39 +301,8 @@ class StageWriter:
         """Record the failure in the work folder's manifest; the previous stage folder is untouched."""
         if not self.work_dir.exists():
             return
-        self.manifest.update(status="failed", error=f"{type(error).__name__}: {error}")
+        self.manifest.status, self.manifest.error = "failed", f"{type(error).__name__}: {error}"
         try:
             self.save_manifest()
         except OSError:
             pass  # a full disk cannot take the note either; the original error is what to report
-
-
-def run_stage(stage: str, section: str, recipe: Any, run_dir: Path, parent: str | Path | None, restart: bool,
-              train: Any, inputs: dict[str, Any] | None = None) -> Path:
-    """The frame every stage shares: find and check the parent, skip a stage already complete,
-    otherwise call `train(recipe, writer, parent_dir)` with failures recorded in the manifest.
-
-    `inputs`: what else decides the result besides the parent and the recipe section (an RL policy's
-    reward model, by manifest sha256); kept in the stage's config, so a change retrains or refuses."""
-    from llmpipe.core.console import say
-    from llmpipe.eval.probes import check_suites
-
-    check_suites(recipe, (section,))
-    parent_dir = resolve_parent(stage, run_dir, parent) if PARENTS[stage] else None
-    if parent_dir is not None and (read_manifest(parent_dir) or {}).get("stage") != "tokenizer":  # a model parent
-        from llmpipe.integrity import check_model_folder
-
-        check_model_folder(parent_dir, max_length=getattr(recipe, section).max_length, max_length_key=f"{section}.max_length",
-                           source=recipe.source)
-    writer = StageWriter(run_dir, stage, {**recipe.stage_config(section), **(inputs or {})}, parent=parent_dir, restart=restart)
-    if writer.skip:
-        say(f"{stage}: complete in {writer.final_dir}, skipping")
-        gate = (read_manifest(writer.final_dir) or {}).get("gate") or {}
-        if gate and not gate.get("passed") and getattr(recipe, section).gate.action == "stop":
-            from llmpipe.eval.gate import regression_error
-
-            raise regression_error(stage, writer.final_dir, gate)
-        return writer.final_dir
-    # An OSError without a file name (a full disk in the middle of a save) names the stage's work folder.
-    with writer, writing(writer.work_dir):
-        return train(recipe, writer, parent_dir)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from llmpipe.eval.metrics import answer_matches
+
 RULES = ("exact_match", "format", "length")
 # Replies longer than this many words start losing reward; the embedded data's answers take 2-8.
 LENGTH_LIMIT = 12
@@ -63,8 +65,6 @@ def final_answer(reply: str) -> str:
 
 def exact_match(reply: str, answer: Any) -> float:
     """1.0 when the reply's final answer is `answer`, else 0.0 (numbers: the last number stated)."""
-    from llmpipe.eval.metrics import answer_matches
-
     answer, final = str(answer), final_answer(reply)
     want = as_number(answer)
     if want is not None:

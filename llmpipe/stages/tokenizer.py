@@ -13,33 +13,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from llmpipe.config import Recipe
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
-BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
-END_OF_TURN = "<|end|>"
-ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-SPECIAL_TOKENS = (BOS, EOS, PAD, END_OF_TURN, *ROLE_TOKENS)
-
-# One line per turn header, the content, then the end-of-turn token. The assistant's content and its
-# end-of-turn token are the only tokens that carry loss in SFT.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] }}{{ '<|end|>' }}{% endgeneration %}{{ '\n' }}"
-    "{% else %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
+from llmpipe.chat_format import BOS, CHAT_TEMPLATE, END_OF_TURN, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS
+from llmpipe.core.console import is_main_process, say
+from llmpipe.data.pipeline import stream_text
+from llmpipe.runs.context import StageContext
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> Any:
     """Train byte-level BPE on `texts` and wrap it as a transformers fast tokenizer with our template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -80,24 +64,15 @@ def _sample(texts: Iterable[str], max_bytes: int) -> list[str]:
     return kept
 
 
-def run(recipe: Recipe, run_dir: Path, restart: bool = False) -> Path:
-    """Train the run's tokenizer; returns its stage folder (skips when already complete)."""
-    from llmpipe.runs import run_stage
-
-    return run_stage("tokenizer", "tokenizer", recipe, run_dir, None, restart, _train)
-
-
-def _train(recipe: Recipe, writer: Any, parent_dir: None) -> Path:
-    from llmpipe.core.console import is_main_process, say
-    from llmpipe.data.pipeline import stream_text
-
-    cfg = recipe.tokenizer
+def train(ctx: StageContext) -> Path:
+    """Train the run's tokenizer into the work folder and finish the stage; returns its folder."""
+    recipe, writer, cfg = ctx.recipe, ctx.writer, ctx.cfg
     # The tokenizer learns from the text pretraining will see: the same checks and cleaning.
     data_cfg = dataclasses.replace(recipe.pretrain, train_files=cfg.train_files, validation_files=cfg.validation_files)
     stream = stream_text(data_cfg)
     started = time.time()
     texts = _sample((r["text"] for r in stream.train()), cfg.max_train_bytes)
-    writer.manifest["data"] = stream.report.to_manifest()
+    ctx.manifest.data = stream.report.to_manifest()
     tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency)
     bpt = bytes_per_token(tokenizer, [r["text"] for r in stream.validation])
     wall = time.time() - started
@@ -112,6 +87,6 @@ def _train(recipe: Recipe, writer: Any, parent_dir: None) -> Path:
         # Byte-level BPE starts from single bytes: 1 byte per token is the "before".
         "metric": {"name": "held-out bytes/token", "before": 1.0, "after": round(bpt, 3)},
     }
-    writer.manifest["metrics"] = {"validation_bytes_per_token": bpt, "vocab_size": len(tokenizer)}
+    ctx.manifest.metrics = {"validation_bytes_per_token": bpt, "vocab_size": len(tokenizer)}
     say(f"tokenizer: vocab {len(tokenizer)}, {bpt:.2f} bytes/token on held-out text ({wall:.1f}s)")
     return writer.finish(summary)

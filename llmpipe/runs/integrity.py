@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.core.files import sha256_file
+from llmpipe.runs.manifest import Manifest
 
 WEIGHTS = "model.safetensors"
 
@@ -89,13 +91,11 @@ def check_model_folder(folder: Path, max_length: int | None = None, max_length_k
     return config
 
 
-def verify_files(folder: Path, manifest: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+def verify_files(folder: Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> None:
     """Refuse a checkpoint whose files differ from the sha256 its manifest recorded when it finished
     (a damaged download, a file edited or copied in from elsewhere); `skip`: names checked elsewhere."""
-    from llmpipe.core.files import sha256_file
-
     folder = Path(folder)
-    for name, recorded in (manifest.get("files") or {}).items():
+    for name, recorded in manifest.files.items():
         if name in skip:
             continue
         path = folder / name

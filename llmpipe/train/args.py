@@ -1,0 +1,78 @@
+"""Trainer arguments every stage shares: device and precision checked against the hardware, the
+recipe section's optimisation settings, and the fixed held-out sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmpipe.config import Recipe, TrainConfig
+from llmpipe.core.errors import UserError
+from llmpipe.runs import StageWriter
+
+
+def bf16_supported(device_type: str) -> bool:
+    """Whether bf16 autocast runs natively (and so faster than fp32) on this device."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        # Without AVX-512 BF16 or AMX, CPU bf16 is emulated and slower than fp32.
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def placement(recipe: Recipe) -> dict[str, Any]:
+    """TrainingArguments fields for the recipe's device and precision, checked against the hardware."""
+    device = recipe.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for but no GPU is visible", field="device", hint="use device=auto or device=cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("MPS was asked for but is not available", field="device", hint="use device=auto or device=cpu")
+    if device == "auto":
+        device_type = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    else:
+        device_type = device
+    if recipe.precision == "bf16" and not bf16_supported(device_type):
+        raise UserError(f"bf16 is not supported natively on this {device_type}", field="precision", hint="use precision=auto or fp32")
+    bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and bf16_supported(device_type))
+    return {"use_cpu": device_type == "cpu", "bf16": bf16, "fp16": False}
+
+
+def training_arguments(args_class: type, cfg: TrainConfig, recipe: Recipe, writer: StageWriter, **extra: Any) -> Any:
+    """Build `args_class` (TrainingArguments or a TRL config) from the stage's settings."""
+    return args_class(
+        output_dir=str(writer.checkpoints_dir),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_every,
+        save_strategy="steps",
+        save_steps=cfg.save_every,
+        save_total_limit=2,
+        logging_steps=cfg.log_every,
+        # TensorBoard is attached by the monitor (its files must live in the stage folder).
+        report_to=["wandb"] if "wandb" in recipe.monitor.report_to else "none",
+        disable_tqdm=True,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        # TRL configs default to gradient checkpointing, which only costs time at these sizes.
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        torch_compile=recipe.compile,
+        **placement(recipe),
+        **extra,
+    )
+
+
+def limit_rows(rows: list[Any], cfg: TrainConfig) -> list[Any]:
+    """The first `eval_batches` batches of a validation set: a bounded, fixed held-out sample."""
+    return rows[: cfg.eval_batches * cfg.batch_size]
