@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +24,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def _repo_cwd(monkeypatch):
     # Recipes name data/ relative to the repository root, as the README's commands run from there.
     monkeypatch.chdir(ROOT)
+
+
+def read_manifest(stage_dir: Path) -> dict | None:
+    """A stage folder's manifest.json as written (the on-disk format is what tests pin), or None."""
+    path = Path(stage_dir) / "manifest.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def invoke(*args: str):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import MICRO, invoke
+from conftest import MICRO, invoke, read_manifest
 
-from llmpipe.runs import manifest_sha, read_manifest
+from llmpipe.runs import manifest_sha
 
 STAGES = ("tokenizer", "pretrain", "sft", "dpo")
 

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import invoke
+from conftest import invoke, read_manifest
 
 from llmpipe.core.errors import UserError
 from llmpipe.eval.probes import Probe, load_suite, passes
-from llmpipe.runs import manifest_sha, read_manifest
+from llmpipe.runs import manifest_sha
 
 
 def _suite(tmp_path: Path, lines: list[str]) -> Path:

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import invoke
+from conftest import invoke, read_manifest
 
 from llmpipe.eval.gate import compare
-from llmpipe.runs import read_manifest
 
 
 def _write(path: Path, rows: list[dict]) -> str:

@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import MICRO, invoke
-
-from llmpipe.runs import read_manifest
+from conftest import MICRO, invoke, read_manifest
 
 # Losses at steps 1-6 of the micro preset on data/ (fp32, seed 0), measured 2026-11-29.
 GOLDEN_LOSSES = [6.1633, 6.1640, 6.0657, 5.9137, 5.9069, 5.8326]

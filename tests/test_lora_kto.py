@@ -10,9 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import MICRO, invoke
+from conftest import MICRO, invoke, read_manifest
 
-from llmpipe.runs import read_manifest
 from llmpipe.core.files import sha256_file
 
 # Two steps, one small evaluation, no probes or gate: these tests are about the methods, and the

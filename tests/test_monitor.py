@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import MICRO, invoke
+from conftest import MICRO, invoke, read_manifest
 
-from llmpipe.runs import manifest_sha, read_manifest
+from llmpipe.runs import manifest_sha
 
 STEPS = ["max_steps=8", "save_every=2", "eval_every=4", "log_every=1", "warmup_steps=1", "precision=fp32"]
 

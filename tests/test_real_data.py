@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import MICRO, SHARED_DATA, invoke
-
-from llmpipe.runs import read_manifest
+from conftest import MICRO, SHARED_DATA, invoke, read_manifest
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "alpaca.train.jsonl").exists(), reason="../shared/data not present")
 

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MICRO, ROOT, invoke
+from conftest import MICRO, ROOT, invoke, read_manifest
 
-from llmpipe.runs import read_manifest
 from llmpipe.runs.seals import SEAL
 
 COMMON = ["precision=fp32", "device=cpu", "log_every=1", "save_every=10", "warmup_steps=2", "probes=[]", "sample_prompts=[]"]

@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import MICRO, invoke
+from conftest import MICRO, invoke, read_manifest
 
 from llmpipe.config import load_recipe
 from llmpipe.core.errors import UserError
 from llmpipe.eval.rewards import as_number, exact_match, format_score, length_score, reward_functions
-from llmpipe.runs import manifest_sha, read_manifest
+from llmpipe.runs import manifest_sha
 
 VERIFIABLE = ["align.train_files=[data/verifiable.train.jsonl]", "align.validation_files=[data/verifiable.validation.jsonl]"]
 

@@ -16,9 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MICRO, ROOT, invoke
-
-from llmpipe.runs import read_manifest
+from conftest import MICRO, ROOT, invoke, read_manifest
 
 DDP_CONFIG = ROOT / "recipes" / "accelerate" / "ddp.yaml"
 FP32 = ["precision=fp32"]

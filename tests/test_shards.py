@@ -10,8 +10,8 @@ import random
 import numpy as np
 import pytest
 
-from llmpipe.data.shards import TokenBlockDataset, build_token_shards, cached_token_shards
 from llmpipe.chat_format import BOS, EOS
+from llmpipe.data.shards import TokenBlockDataset, build_token_shards, cached_token_shards
 from llmpipe.stages.tokenizer import train_tokenizer
 
 WORDS = "the cat sat on a mat while dogs ran past old red barns near cold rivers and quiet hills".split()

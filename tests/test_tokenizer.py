@@ -91,8 +91,8 @@ def test_packed_sft_rows_keep_whole_conversations_and_assistant_only_labels(toke
     from llmpipe.config import load_recipe
     from llmpipe.models import build_config
     from llmpipe.runs import StageWriter
-    from llmpipe.stages.sft import sft_arguments
     from llmpipe.speed.packing import use_packed_blocks
+    from llmpipe.stages.sft import sft_arguments
 
     other = [{"role": "user", "content": "Is it red?"}, {"role": "assistant", "content": "It is red."}]
     recipe = load_recipe(None, ["model=micro", "device=cpu", "sft.max_length=128"])
