@@ -1,0 +1,121 @@
+"""The config layer: settings declared with their help and limits, the checks made from them, the
+layer's imports, and the comparison of a finished stage's settings with a new run's."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import MICRO
+
+from llmpipe.config import REWARD_RULES, Recipe, load_recipe, setting
+from llmpipe.config.fields import documented, leaves
+from llmpipe.core.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "llmpipe" / "config"
+
+
+def test_every_setting_has_help_text():
+    for leaf in leaves(Recipe):
+        assert len(leaf.field.metadata.get("help", "")) > 10, leaf.key
+
+
+def test_a_setting_without_help_is_refused_at_import():
+    with pytest.raises(TypeError, match="Broken.steps has no help text"):
+        @documented
+        @dataclasses.dataclass
+        class Broken:
+            steps: int = 3
+
+    @documented
+    @dataclasses.dataclass
+    class Base:
+        steps: int = setting(3, "Steps to take.", ge=1)
+
+    @documented
+    @dataclasses.dataclass
+    class Child(Base):
+        steps: int = 5  # a default alone: help and limits come from Base
+
+    (child,) = dataclasses.fields(Child)
+    assert child.default == 5 and child.metadata["help"] == "Steps to take." and child.metadata["ge"] == 1
+
+
+def _outside(meta: dict, kind: type) -> list:
+    """Values just outside each declared bound of a setting."""
+    step = 1 if kind is int else 1e-3
+    bad = []
+    if "ge" in meta:
+        bad.append(meta["ge"] - step)
+    if "gt" in meta:
+        bad.append(meta["gt"])
+    if "le" in meta:
+        bad.append(meta["le"] + step)
+    if "lt" in meta:
+        bad.append(meta["lt"])
+    if "choices" in meta:
+        bad.append("bogus")
+    return bad
+
+
+def _limited():
+    for leaf in leaves(Recipe):
+        item = leaf.kind.__args__[0] if leaf.is_list else leaf.kind
+        for value in _outside(dict(leaf.field.metadata), item):
+            yield pytest.param(leaf.key, [value] if leaf.is_list else value, id=f"{leaf.key}={value}")
+
+
+@pytest.mark.parametrize(("key", "value"), list(_limited()))
+def test_every_declared_limit_is_checked(key, value):
+    """The generic checker enforces each bound and choice list declared at a field, naming the key."""
+    with pytest.raises(UserError) as error:
+        load_recipe(None, [f"{key}={value}"])
+    assert error.value.field == key and error.value.file == "<defaults>"
+    assert error.value.what.startswith(("must be", "unknown", "each value must be")), error.value.what
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tokenizer.vocab_size=100", '"tokenizer.vocab_size" must be in [260, 1000000] (256 bytes + special tokens)'),
+        ("sft.lora.r=0", '"sft.lora.r" must be >= 1 (the adapters\' rank)'),
+        ("sft.lora.dropout=1", '"sft.lora.dropout" must be in [0, 1)'),
+        ("monitor.rollback_lr_factor=0", '"monitor.rollback_lr_factor" must be in (0, 1]'),
+        ("align.rewards=[exact_match, bogus]", "\"align.rewards\" unknown reward 'bogus'; choose from exact_match, format, length"),
+        ("monitor.report_to=[nope]", "\"monitor.report_to\" unknown target 'nope'; choose from tensorboard, wandb"),
+        ("pretrain.mixture_weights=[-1]", '"pretrain.mixture_weights" each value must be > 0, got -1.0'),
+        ("sft.bad_rows=drop", '"sft.bad_rows" must be one of fail, skip'),
+    ],
+)
+def test_declared_limits_read_as_one_line_errors(override, message):
+    with pytest.raises(UserError) as error:
+        load_recipe(MICRO, [override])
+    assert error.value.one_line() == f"{MICRO}: {message}"
+
+
+def test_rewards_implement_exactly_the_declared_rules():
+    from llmpipe.rewards import SCORERS
+
+    assert sorted(SCORERS) == sorted(REWARD_RULES)
+
+
+def _llmpipe_imports(path: Path) -> list[tuple[str, bool]]:
+    """(module, inside a function) for every llmpipe import of a source file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nested = {id(node) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for node in ast.walk(fn)}
+    found = []
+    for node in ast.walk(tree):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names] \
+            if isinstance(node, ast.Import) else []
+        found += [(name, id(node) in nested) for name in names if name.split(".")[0] == "llmpipe"]
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_config_layer_imports_only_core_and_itself_at_module_level(path):
+    for module, in_function in _llmpipe_imports(path):
+        assert module.startswith(("llmpipe.core", "llmpipe.config")), f"{path.name} imports {module}"
+        assert not in_function, f"{path.name} imports {module} inside a function"
