@@ -119,3 +119,47 @@ def test_config_layer_imports_only_core_and_itself_at_module_level(path):
     for module, in_function in _llmpipe_imports(path):
         assert module.startswith(("llmpipe.core", "llmpipe.config")), f"{path.name} imports {module}"
         assert not in_function, f"{path.name} imports {module} inside a function"
+
+
+# Every recipe section a stage trains from, written out: a new one must be added here on purpose.
+TRAINED_SECTIONS = ("tokenizer", "pretrain", "sft", "align", "reward")
+
+
+@pytest.mark.parametrize("section", TRAINED_SECTIONS)
+def test_a_stage_trained_before_a_setting_existed_keeps_its_settings(section):
+    """An older llmpipe wrote no key for a setting added since: the finished stage must still count
+    as trained with the same settings (the new setting's default is the old behaviour)."""
+    import copy
+
+    from llmpipe.config import same_settings
+
+    new = Recipe().stage_config(section)
+    old = copy.deepcopy(new)
+    del old[section][sorted(old[section])[-1]]  # a leaf setting
+    if "cleaning" in old[section]:
+        del old[section]["cleaning"]["decontaminate_ngram"]  # and one inside a sub-section
+    assert same_settings(old, new)
+    old[section]["max_steps" if section != "tokenizer" else "vocab_size"] = 9
+    assert not same_settings(old, new)  # a real change still counts
+
+
+def test_stage_sections_are_every_section_a_stage_trains_from():
+    from llmpipe.config import STAGE_SECTIONS
+
+    assert STAGE_SECTIONS == TRAINED_SECTIONS
+
+
+def test_a_finished_reward_stage_of_an_older_llmpipe_is_skipped_not_refused(tmp_path):
+    """The bug as a user met it: after an upgrade added a setting, rerunning the run refused the
+    finished reward model as "trained with other settings"."""
+    import json
+
+    from llmpipe.runs import StageWriter
+
+    new = load_recipe(None).stage_config("reward")
+    old = json.loads(json.dumps(new))
+    del old["reward"]["preference_rows"]  # as an llmpipe from before that setting wrote it
+    (tmp_path / "reward").mkdir()
+    (tmp_path / "reward" / "manifest.json").write_text(
+        json.dumps({"stage": "reward", "status": "complete", "config": old, "parent": None}), encoding="utf-8")
+    assert StageWriter(tmp_path, "reward", new).skip

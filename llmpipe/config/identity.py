@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmpipe.config.constants import NOT_IDENTITY, STAGES
-from llmpipe.config.schema import Recipe
+from llmpipe.config.constants import NOT_IDENTITY
+from llmpipe.config.schema import STAGE_SECTIONS, Recipe
 
 
 def stage_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -18,6 +18,7 @@ def stage_identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_defaults(old: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`old` with every key it lacks (at any depth) taken from `defaults`."""
     filled = dict(old)
     for key, value in defaults.items():
         if key not in filled:
@@ -34,7 +35,9 @@ def same_settings(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     settings default to the old behaviour), so an upgrade does not make finished stages stale."""
     if old is None:
         return False
-    section = next((key for key in new if key in STAGES), None)
+    # Every section a stage trains from, `reward` included: STAGES names the chain's stages, not the
+    # recipe sections, and a section missing here made an upgrade refuse its finished stages.
+    section = next((key for key in new if key in STAGE_SECTIONS), None)
     if section is not None:
         old = _with_defaults(old, Recipe().stage_config(section))
     return stage_identity(old) == stage_identity(new)
