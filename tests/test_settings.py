@@ -163,3 +163,28 @@ def test_a_finished_reward_stage_of_an_older_llmpipe_is_skipped_not_refused(tmp_
     (tmp_path / "reward" / "manifest.json").write_text(
         json.dumps({"stage": "reward", "status": "complete", "config": old, "parent": None}), encoding="utf-8")
     assert StageWriter(tmp_path, "reward", new).skip
+
+
+def test_a_run_shorter_than_its_warmup_gets_past_the_recipe_check(tmp_path):
+    """`llmpipe sft recipes/tiny.yaml sft.max_steps=5` (default warmup 10) was refused with
+    "warmup_steps must be in [0, max_steps]"; a short trial run keeps the recipe's warmup now."""
+    from conftest import invoke
+
+    recipe = load_recipe("recipes/tiny.yaml", ["sft.max_steps=5"], stage="sft")
+    assert recipe.sft.max_steps == 5 and recipe.sft.warmup_steps == 10
+    result = invoke("data", "check", "recipes/tiny.yaml", "sft.max_steps=5", "--stage", "sft", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    with pytest.raises(UserError, match='"sft.warmup_steps" must be >= 0'):  # what is still an error
+        load_recipe("recipes/tiny.yaml", ["warmup_steps=-1"], stage="sft")
+
+
+def test_training_arguments_cap_the_warmup_at_the_run(tmp_path):
+    from types import SimpleNamespace
+
+    from llmpipe.train.common import training_arguments
+
+    recipe = Recipe(device="cpu")  # built directly: this tests the cap, not the recipe check
+    writer = SimpleNamespace(checkpoints_dir=tmp_path)
+    capped = training_arguments(lambda **kw: kw, dataclasses.replace(recipe.sft, max_steps=5), recipe, writer)
+    assert capped["max_steps"] == 5 and capped["warmup_steps"] == 5
+    assert training_arguments(lambda **kw: kw, recipe.pretrain, recipe, writer)["warmup_steps"] == 20  # under the cap

@@ -46,13 +46,11 @@ def check_name(recipe: Recipe) -> None:
 
 
 def check_data(recipe: Recipe) -> None:
-    """Every stage has training data, mixture weights match its train files one to one, and warmup
-    fits in the run."""
+    """Every stage has training data, and mixture weights match its train files one to one."""
     for section in STAGE_SECTIONS:
         cfg = getattr(recipe, section)
         _need(recipe, bool(cfg.train_files), f"{section}.train_files", "needs at least one file")
         if isinstance(cfg, TrainConfig):
-            _need(recipe, cfg.warmup_steps <= cfg.max_steps, f"{section}.warmup_steps", "must be in [0, max_steps]")
             _need(recipe, not cfg.mixture_weights or len(cfg.mixture_weights) == len(cfg.train_files),
                   f"{section}.mixture_weights", f"needs one weight per train file ({len(cfg.train_files)})")
 

@@ -127,7 +127,10 @@ class TrainConfig:
     learning_rate: float = setting(1e-3, "Peak learning rate, reached after warmup, then cosine decay.", gt=0, lt=1)
     min_lr_ratio: float = setting(0.1, "Learning rate at the end of the cosine decay, as a share of the peak.",
                                   ge=0, le=1)
-    warmup_steps: int = setting(10, "Steps of linear warmup to the peak learning rate.", ge=0)
+    # More warmup than steps is not an error: a short trial run (max_steps=5) keeps the recipe's warmup
+    # and the training arguments cap it (llmpipe/train/common.py).
+    warmup_steps: int = setting(10, "Steps of linear warmup to the peak learning rate; a run of fewer steps "
+                                "warms up for all of them.", ge=0)
     weight_decay: float = setting(0.1, "AdamW weight decay.", ge=0)
     max_grad_norm: float = setting(1.0, "Gradients are clipped to this global norm.", gt=0)
     max_length: int = setting(256, "Tokens per row: the block length in pretraining; longer conversations "
