@@ -188,3 +188,30 @@ def test_training_arguments_cap_the_warmup_at_the_run(tmp_path):
     capped = training_arguments(lambda **kw: kw, dataclasses.replace(recipe.sft, max_steps=5), recipe, writer)
     assert capped["max_steps"] == 5 and capped["warmup_steps"] == 5
     assert training_arguments(lambda **kw: kw, recipe.pretrain, recipe, writer)["warmup_steps"] == 20  # under the cap
+
+
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+
+
+def _set_keys(raw: dict, prefix: str, leaf_keys: set[str]) -> list[str]:
+    """The dotted leaf keys a recipe file sets (a dict-valued setting such as `columns` is one key)."""
+    keys = []
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        keys += [key] if key in leaf_keys or not isinstance(value, dict) else _set_keys(value, f"{key}.", leaf_keys)
+    return keys
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipes_list_only_what_differs_from_the_defaults(path):
+    """A recipe that repeats defaults hides what it changes, and pins values the defaults may improve."""
+    import yaml
+
+    from llmpipe.config import all_keys
+    from llmpipe.config.fields import value_at
+
+    recipe, defaults = load_recipe(path), Recipe()
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    repeated = [key for key in _set_keys(raw, "", set(all_keys()))
+                if key != "name" and value_at(recipe, key) == value_at(defaults, key)]
+    assert not repeated, f"{path.name} sets keys to their defaults: {', '.join(repeated)}"
