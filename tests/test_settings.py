@@ -4,13 +4,15 @@ layer's imports, and the comparison of a finished stage's settings with a new ru
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
-from conftest import MICRO
+from conftest import MICRO, invoke
 
-from llmpipe.config import REWARD_RULES, Recipe, load_recipe, setting
+from llmpipe.config import REWARD_RULES, Recipe, load_recipe, same_settings, setting
 from llmpipe.config.fields import documented, leaves
 from llmpipe.core.errors import UserError
 
@@ -95,6 +97,16 @@ def test_declared_limits_read_as_one_line_errors(override, message):
     assert error.value.one_line() == f"{MICRO}: {message}"
 
 
+def test_limits_render_for_errors_and_for_keys():
+    from llmpipe.config.fields import limits_text, range_rule
+
+    assert [range_rule(m) for m in ({"ge": 1}, {"gt": 0, "lt": 1}, {"ge": 0, "lt": 0.5}, {"le": 5}, {})] == \
+        [">= 1", "in (0, 1)", "in [0, 0.5)", "<= 5", None]
+    assert [limits_text(m) for m in ({"ge": 1}, {"gt": 0, "le": 1}, {"lt": 5}, {"choices": ("a", "b")}, {})] == \
+        ["x >= 1", "0 < x <= 1", "x < 5", "one of a, b", ""]
+    assert limits_text({"gt": 0}, is_list=True) == "each x > 0"
+
+
 def test_rewards_implement_exactly_the_declared_rules():
     from llmpipe.rewards import SCORERS
 
@@ -129,10 +141,6 @@ TRAINED_SECTIONS = ("tokenizer", "pretrain", "sft", "align", "reward")
 def test_a_stage_trained_before_a_setting_existed_keeps_its_settings(section):
     """An older llmpipe wrote no key for a setting added since: the finished stage must still count
     as trained with the same settings (the new setting's default is the old behaviour)."""
-    import copy
-
-    from llmpipe.config import same_settings
-
     new = Recipe().stage_config(section)
     old = copy.deepcopy(new)
     del old[section][sorted(old[section])[-1]]  # a leaf setting
@@ -152,8 +160,6 @@ def test_stage_sections_are_every_section_a_stage_trains_from():
 def test_a_finished_reward_stage_of_an_older_llmpipe_is_skipped_not_refused(tmp_path):
     """The bug as a user met it: after an upgrade added a setting, rerunning the run refused the
     finished reward model as "trained with other settings"."""
-    import json
-
     from llmpipe.runs import StageWriter
 
     new = load_recipe(None).stage_config("reward")
@@ -168,8 +174,6 @@ def test_a_finished_reward_stage_of_an_older_llmpipe_is_skipped_not_refused(tmp_
 def test_a_run_shorter_than_its_warmup_gets_past_the_recipe_check(tmp_path):
     """`llmpipe sft recipes/tiny.yaml sft.max_steps=5` (default warmup 10) was refused with
     "warmup_steps must be in [0, max_steps]"; a short trial run keeps the recipe's warmup now."""
-    from conftest import invoke
-
     recipe = load_recipe("recipes/tiny.yaml", ["sft.max_steps=5"], stage="sft")
     assert recipe.sft.max_steps == 5 and recipe.sft.warmup_steps == 10
     result = invoke("data", "check", "recipes/tiny.yaml", "sft.max_steps=5", "--stage", "sft", "--out", str(tmp_path / "run"))

@@ -16,9 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Metadata keys of a setting's limits, in the order they are rendered.
-_BOUNDS = ("ge", "gt", "le", "lt")
-
 
 def setting(
     default: Any,
@@ -111,20 +108,16 @@ def value_at(obj: Any, key: str) -> Any:
     return obj
 
 
-def _number(x: float) -> str:
-    return str(x)
-
-
 def range_rule(meta: typing.Mapping[str, Any]) -> str | None:
     """The bounds as an error message states them: `>= 1`, `> 0`, `in (0, 1)`, `in [0, 0.5)`; None if unbounded."""
     low = ("[", meta["ge"]) if "ge" in meta else ("(", meta["gt"]) if "gt" in meta else None
     high = ("]", meta["le"]) if "le" in meta else (")", meta["lt"]) if "lt" in meta else None
     if low and high:
-        return f"in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
+        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
     if low:
-        return (">= " if low[0] == "[" else "> ") + _number(low[1])
+        return (">= " if low[0] == "[" else "> ") + str(low[1])
     if high:
-        return ("<= " if high[0] == "]" else "< ") + _number(high[1])
+        return ("<= " if high[0] == "]" else "< ") + str(high[1])
     return None
 
 
@@ -133,17 +126,11 @@ def limits_text(meta: typing.Mapping[str, Any], is_list: bool = False) -> str:
     each = "each " if is_list else ""
     if "choices" in meta:
         return f"{each}one of {', '.join(meta['choices'])}"
-    parts = []
-    if "ge" in meta or "gt" in meta:
-        parts += [_number(meta["ge"] if "ge" in meta else meta["gt"]), "<=" if "ge" in meta else "<"]
-    parts.append("x")
-    if "le" in meta or "lt" in meta:
-        parts += ["<=" if "le" in meta else "<", _number(meta["le"] if "le" in meta else meta["lt"])]
-    if len(parts) == 1:
-        return ""
-    if len(parts) == 3 and parts[0] != "x":  # a lower bound alone reads better as `x >= 1`
-        parts = ["x", {"<=": ">=", "<": ">"}[parts[1]], parts[0]]
-    return each + " ".join(parts)
+    low = f"{meta['ge']} <= " if "ge" in meta else f"{meta['gt']} < " if "gt" in meta else ""
+    high = f" <= {meta['le']}" if "le" in meta else f" < {meta['lt']}" if "lt" in meta else ""
+    if low and not high:  # a lower bound alone reads better as `x >= 1` than as `1 <= x`
+        return f"{each}x {'>=' if 'ge' in meta else '>'} {meta['ge'] if 'ge' in meta else meta['gt']}"
+    return f"{each}{low}x{high}" if low or high else ""
 
 
 def _within(meta: typing.Mapping[str, Any], x: Any) -> bool:
