@@ -246,18 +246,21 @@ def eval_checkpoint(
 
 
 @app.command()
-def keys() -> None:
-    """List every recipe key with its default value."""
-    import dataclasses
+def keys(
+    grep: Annotated[str | None, typer.Option("--grep", help="Only the keys whose line holds TEXT (any case), e.g. lora.")] = None,
+) -> None:
+    """List every recipe key, one per line: its default, range or choices, and what it does."""
 
-    from llmpipe.config import Recipe, all_keys
+    def action() -> None:
+        from llmpipe.config import key_docs
 
-    defaults = dataclasses.asdict(Recipe())
-    for key in all_keys():
-        value: Any = defaults
-        for part in key.split("."):
-            value = value[part]
-        typer.echo(f"{key} = {value}")
+        docs = key_docs(grep)
+        if not docs:
+            raise UserError(f"no key matches {grep!r}", field="--grep", hint="run 'llmpipe keys' to list them all")
+        for doc in docs:
+            typer.echo(doc.line())
+
+    _guard(False, action)
 
 
 @data_app.command("check")

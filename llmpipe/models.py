@@ -1,27 +1,20 @@
-"""Model size presets and their transformers configs (GPT-2 family), plus parameter/FLOP counts.
+"""Transformers configs of the model size presets (GPT-2 family), plus parameter/FLOP counts.
 
-Presets are plain dicts so that validating a recipe never imports torch; `build_config` turns a
-preset into a `GPT2Config` sized to the trained tokenizer.
+The presets themselves are plain dicts in the config layer (llmpipe/config/presets.py), so that
+checking a recipe never imports torch; `build_config` turns one into a `GPT2Config` sized to the
+trained tokenizer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-# Dropout is 0 everywhere: at these sizes and token budgets it only slows CPU training (15-30%).
-PRESETS: dict[str, dict[str, int]] = {
-    # 2 layers x 64 wide: a whole chain trains in seconds; for tests.
-    "micro": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 256},
-    # ~5.8M parameters with a 4096 vocabulary: learns the embedded data in minutes on 2 CPU cores.
-    "tiny": {"n_layer": 6, "n_embd": 256, "n_head": 8, "n_positions": 256},
-    # A few times larger, for a laptop with time to spare or a small GPU.
-    "small": {"n_layer": 8, "n_embd": 512, "n_head": 8, "n_positions": 512},
-    # GPT-2 small's shape (124M with GPT-2's 50257 vocabulary); for one GPU.
-    "gpt2-124m": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},
-}
+from llmpipe.config.presets import PRESETS
+
+__all__ = ["LORA_TARGETS", "PRESETS", "build_config", "count_parameters", "flops_per_token"]
 
 # LoRA's default target modules per model family (the checkpoint's `model_type`, so that `--from` any
-# GPT-2 works); every preset above is GPT-2. GPT-2: the attention's fused q/k/v projection (c_attn),
+# GPT-2 works); every preset is GPT-2. GPT-2: the attention's fused q/k/v projection (c_attn),
 # both output projections (attn.c_proj, mlp.c_proj) and the MLP's input (c_fc); never lm_head, whose
 # weight TRL's fused log-prob loss reads directly, so an adapter there would not train.
 LORA_TARGETS: dict[str, list[str]] = {
@@ -34,6 +27,7 @@ def build_config(preset: str, tokenizer: Any) -> Any:
     from transformers import GPT2Config
 
     shape = PRESETS[preset]
+    # Dropout is 0 everywhere: at these sizes and token budgets it only slows CPU training (15-30%).
     return GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=shape["n_positions"],

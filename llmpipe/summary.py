@@ -9,7 +9,6 @@ from llmpipe.registry import STAGE_ORDER
 from llmpipe.runs import read_manifest
 
 
-
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"

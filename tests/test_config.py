@@ -37,7 +37,7 @@ def test_overrides_are_typed_and_scoped_to_the_stage():
         (["align.loss_type=magic"], "\"align.loss_type\" must be one of sigmoid"),
         (["model=huge"], "\"model\" unknown model preset; choose one of micro, tiny"),
         (["sft.packing=maybe"], "expected true or false"),
-        (["pretrain.warmup_steps=50"], "\"pretrain.warmup_steps\" must be in [0, max_steps]"),
+        (["pretrain.warmup_steps=-1"], "\"pretrain.warmup_steps\" must be >= 0"),
         (["nonsense"], "is not key=value"),
     ],
 )
@@ -75,11 +75,28 @@ def test_cli_reports_config_errors_in_one_line_with_exit_2():
     assert result.exit_code == 2 and "recipes/nope.yaml: recipe file not found" in result.stderr
 
 
-def test_keys_command_lists_every_key_with_its_default():
+def test_keys_command_lists_every_key_with_its_default_limits_and_help():
     result = invoke("keys")
     assert result.exit_code == 0
-    assert "pretrain.max_steps = 300" in result.stdout and "align.beta = 0.1" in result.stdout
-    assert len(result.stdout.strip().splitlines()) == len(all_keys())
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(all_keys()) and [line.split(" = ")[0] for line in lines] == all_keys()
+    assert "sft.learning_rate = 0.0005  (0 < x < 1)  Peak learning rate" in result.stdout
+    assert "pretrain.max_steps = 300  (x >= 1)  Optimiser steps" in result.stdout
+    assert "align.method = dpo  (one of dpo, kto, rlhf, grpo, rloo)  " in result.stdout
+    assert "monitor.report_to = [tensorboard]  (each one of tensorboard, wandb)  " in result.stdout
+    assert "sft.packing = true  Pack several" in result.stdout  # no limits: default, then help
+    assert 'align.reward_model = ""  ' in result.stdout
+
+
+def test_keys_command_greps():
+    result = invoke("keys", "--grep", "LoRA.R")
+    assert result.exit_code == 0
+    assert [line.split(" = ")[0] for line in result.stdout.strip().splitlines()] == ["sft.lora.r", "align.lora.r"]
+    assert len(invoke("keys", "--grep", "warmup_steps").stdout.strip().splitlines()) == 4  # one per training section
+    assert "sft.learning_rate" in invoke("keys", "--grep", "cosine").stdout  # the help is searched too
+    missing = invoke("keys", "--grep", "no such thing")
+    assert missing.exit_code == 2 and missing.stderr.strip() == (
+        "error: \"--grep\" no key matches 'no such thing' — run 'llmpipe keys' to list them all")
 
 
 def test_help_does_not_import_torch():

@@ -30,6 +30,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("faces", ("llmpipe.cli", "llmpipe.report", "llmpipe.report_plots", "llmpipe.summary", "llmpipe.chat", "llmpipe.export")),
 ]
 LAZY_ALLOWED = ("llmpipe.cli",)
+# Strings that equal a stage name but mean something else.
+NOT_STAGE_NAMES = {
+    ("llmpipe.config.constants", "sft"): "TRL's DPO loss type 'sft'",
+    ("llmpipe.config.schema", "reward"): "the noun in 'unknown reward ...' messages",
+}
 
 
 def layer_of(module: str) -> int:
@@ -120,7 +125,8 @@ def test_stage_names_are_literals_only_in_the_registry():
         # Keys of JSON records ({"tokenizer": sha256}) name fields, not stages.
         keys = {id(k) for node in ast.walk(tree) if isinstance(node, ast.Dict) for k in node.keys if k is not None}
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names and id(node) not in keys:
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names and id(node) not in keys
+                    and (module, node.value) not in NOT_STAGE_NAMES):
                 found.append(f"{module}:{node.lineno} {node.value!r}")
     assert found == [], "stage names belong to llmpipe/registry.py:\n" + "\n".join(found)
 
@@ -134,7 +140,8 @@ def test_manifest_fields_are_written_only_through_the_typed_manifest():
             if isinstance(node, (ast.Assign, ast.AugAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for target in targets:
-                    if isinstance(target, ast.Subscript) and "manifest" in ast.unparse(target.value).lower():
+                    # Nested JSON values (manifest.metrics[...]) are free-form; the manifest itself is not.
+                    if isinstance(target, ast.Subscript) and ast.unparse(target.value).lower().endswith("manifest"):
                         found.append(f"{module}:{node.lineno} {ast.unparse(target)}")
         if module != "llmpipe.runs.manifest" and "write_json_atomic(" in source and "MANIFEST" in source:
             found.append(f"{module}: writes manifest.json itself")

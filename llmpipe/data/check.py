@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
-from llmpipe.registry import TOKENIZER, command_for, stage_for
 from llmpipe.data.clean import row_text
 from llmpipe.data.pipeline import heldout_texts, load_rows, stream_text
+from llmpipe.registry import TOKENIZER, command_for, stage_for
 
 LOSS_OPEN, LOSS_CLOSE = "[[", "]]"
 

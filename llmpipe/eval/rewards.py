@@ -8,7 +8,8 @@
 
 `reward_functions` wraps them in TRL's reward-function shape: f(prompts, completions, completion_ids,
 **dataset columns) -> one float per completion (None: this row cannot be scored).
-Light on purpose (no torch): the recipe validation imports RULES.
+The rule names are the config layer's REWARD_RULES (the recipe check offers them); SCORERS holds one
+function per name, and the import below refuses a name without its function or the reverse.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from llmpipe.config import REWARD_RULES
 from llmpipe.eval.metrics import answer_matches
 
-RULES = ("exact_match", "format", "length")
 # Replies longer than this many words start losing reward; the embedded data's answers take 2-8.
 LENGTH_LIMIT = 12
 # Fewer words than this is a bare answer ("Blue."), not a sentence.
@@ -91,15 +92,27 @@ def length_score(reply: str) -> float:
     return -min(1.0, max(0, _words(reply) - LENGTH_LIMIT) / LENGTH_LIMIT)
 
 
+def _exact_match_score(reply: str, answer: Any, stopped: bool) -> float | None:
+    return None if answer is None or str(answer) == "" else exact_match(reply, answer)
+
+
+# Each rule as f(reply, answer, stopped): None when the rule needs an answer the row does not have.
+SCORERS: dict[str, Callable[[str, Any, bool], float | None]] = {
+    "exact_match": _exact_match_score,
+    "format": lambda reply, answer, stopped: format_score(reply, stopped),
+    "length": lambda reply, answer, stopped: length_score(reply),
+}
+# A recipe may name exactly the rules implemented here: a rule missing on either side would pass the
+# recipe check and fail mid-training, or never be offered.
+if set(SCORERS) != set(REWARD_RULES):
+    raise RuntimeError(f"llmpipe.rewards implements {sorted(SCORERS)} but the config offers {sorted(REWARD_RULES)}")
+
+
 def score(name: str, reply: str, answer: Any = None, stopped: bool = True) -> float | None:
     """One rule's reward for one reply; None when the rule needs an answer the row does not have."""
-    if name == "exact_match":
-        return None if answer is None or str(answer) == "" else exact_match(reply, answer)
-    if name == "format":
-        return format_score(reply, stopped)
-    if name == "length":
-        return length_score(reply)
-    raise ValueError(f"unknown reward rule {name!r}")  # the recipe validation names the choices
+    if name not in SCORERS:
+        raise ValueError(f"unknown reward rule {name!r}")  # the recipe check names the choices
+    return SCORERS[name](reply, answer, stopped)
 
 
 def reward_functions(names: list[str], stop_ids: list[int]) -> list[Callable[..., list[float | None]]]:

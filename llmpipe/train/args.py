@@ -50,7 +50,8 @@ def training_arguments(args_class: type, cfg: TrainConfig, recipe: Recipe, write
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
-        warmup_steps=cfg.warmup_steps,
+        # A run shorter than its warmup warms up over the whole run (sft.max_steps=5 with the default warmup of 10).
+        warmup_steps=min(cfg.warmup_steps, cfg.max_steps),
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         eval_strategy="steps",

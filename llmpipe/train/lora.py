@@ -101,7 +101,7 @@ def save_trained(trainer: Any, writer: Any, tokenizer: Any) -> None:
     merged, _, base = merge_adapter(adapter_dir)
     merged.save_pretrained(str(work))
     tokenizer.save_pretrained(str(work))
-    writer.manifest["lora"] = {
+    writer.manifest.lora = {
         "base": str(base),
         "adapter": ADAPTER,
         "target_modules": sorted(trainer.model.peft_config["default"].target_modules),

@@ -1,0 +1,32 @@
+"""The names a recipe may choose from: stages, align methods, loss types, devices, reward rules.
+
+Plain tuples, so that the schema can declare them as a setting's choices and the modules that act on
+them (the stages, llmpipe/rewards.py) can check that they cover exactly these names.
+"""
+
+from __future__ import annotations
+
+from llmpipe.registry import ALIGN_METHODS, DEFAULT_METHOD, RL_ALGORITHMS, RL_METHODS
+from llmpipe.registry import RUN_ORDER as STAGES
+
+# The stage and method names come from the stage registry (llmpipe/registry.py); re-exported here for the schema.
+__all__ = ["ALIGN_METHODS", "DEFAULT_METHOD", "RL_ALGORITHMS", "RL_METHODS", "STAGES"]
+# TRL 1.16 DPOTrainer loss types, each checked to train on pairs alone; robust and exo_pair also need
+# align.label_smoothing > 0 (TRL refuses exo_pair without it; robust without it is plain sigmoid).
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
+    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)
+NEEDS_LABEL_SMOOTHING = ("robust", "exo_pair")
+# Rule rewards of online RL; llmpipe/rewards.py implements one function per name (tests check both ways).
+REWARD_RULES = ("exact_match", "format", "length")
+PRECISIONS = ("auto", "bf16", "fp32")
+GATE_ACTIONS = ("stop", "warn", "off")
+ANOMALY_POLICIES = ("rollback", "stop", "skip")
+REPORT_TO = ("tensorboard", "wandb")
+BAD_ROW_POLICIES = ("fail", "skip")
+# Settings that leave a stage's weights as they are (observers, speed): no retraining when only these differ.
+NOT_IDENTITY = ("gate", "monitor", "compile")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# The embedded datasets' folder, relative to where llmpipe runs (the repository root in the README).
+DATA = "data"

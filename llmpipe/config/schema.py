@@ -1,0 +1,329 @@
+"""The recipe's settings as dataclasses, each leaf declared with its help text and limits.
+
+A recipe is one YAML file with a few top-level keys (seed, model, device, precision) and one section
+per stage. Every key has a default that works, so an empty recipe trains the `tiny` model on the
+embedded `data/`. A stage section that only changes a default of TrainConfig writes it plainly
+(`max_steps: int = 300`): `documented` gives it TrainConfig's help and limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmpipe.config.constants import (
+    ALIGN_METHODS,
+    ANOMALY_POLICIES,
+    BAD_ROW_POLICIES,
+    DATA,
+    DEFAULT_METHOD,
+    DEVICES,
+    DPO_LOSS_TYPES,
+    GATE_ACTIONS,
+    PRECISIONS,
+    REPORT_TO,
+    REWARD_RULES,
+    RL_ALGORITHMS,
+)
+from llmpipe.config.fields import documented, setting
+from llmpipe.config.presets import PRESETS
+from llmpipe.registry import stage_for
+
+CHAT_SAMPLES = ["What colour is the kettle?", "What is 2 plus 3?"]
+
+
+@documented
+@dataclass
+class TokenizerConfig:
+    """Byte-level BPE trained on the pretraining text."""
+
+    train_files: list[str] = setting([f"{DATA}/pretrain.train.jsonl"],
+                                     "Text the tokenizer learns its merges from (files, folders, globs or hf: sources).")
+    validation_files: list[str] = setting([f"{DATA}/pretrain.validation.jsonl"],
+                                          "Held-out text on which the tokenizer's bytes per token is measured.")
+    vocab_size: int = setting(4096, "Vocabulary size, the 256 byte tokens and the special tokens included.",
+                              ge=260, le=1_000_000, why="256 bytes + special tokens")
+    min_frequency: int = setting(2, "A pair of tokens must occur this often to become a merge.", ge=1)
+    max_train_bytes: int = setting(100_000_000, "Bytes of text read at most: tokenizer training needs a sample, "
+                                   "not the whole corpus.", gt=0)
+
+
+@documented
+@dataclass
+class CleaningConfig:
+    """What happens to training rows before training: normalisation, filters, dedup, decontamination."""
+
+    normalize_unicode: bool = setting(True, "Normalise text to Unicode NFC and line ends to LF before the filters.")
+    min_chars: int = setting(1, "Drop rows shorter than this many characters.", ge=0)
+    max_chars: int = setting(0, "Drop rows longer than this many characters; 0: no limit.", ge=0)
+    max_repeated_line_share: float = setting(
+        0.5, "Drop rows whose duplicated lines make up more than this share of their characters (1: off).", gt=0, le=1)
+    exact_dedup: bool = setting(True, "Drop rows identical to an earlier row.")
+    near_dedup: bool = setting(False, "Drop rows nearly identical to an earlier row (MinHash LSH over word n-grams).")
+    near_dedup_threshold: float = setting(
+        0.8, "Word n-gram Jaccard similarity around which near_dedup counts rows as duplicates (an S-curve, not "
+        "a cut-off).", gt=0, lt=1)
+    near_dedup_ngram: int = setting(5, "Words per shingle of near_dedup.", ge=1)
+    near_dedup_permutations: int = setting(128, "MinHash permutations of near_dedup: more is sharper and slower.",
+                                           ge=16, le=1024)
+    decontaminate: bool = setting(True, "Drop training rows sharing a word n-gram with the run's held-out "
+                                  "chat/preference rows.")
+    decontaminate_ngram: int = setting(13, "Words per n-gram of decontaminate; shorter held-out rows match nothing.", ge=1)
+
+
+@documented
+@dataclass
+class GateConfig:
+    """The regression check of a finished stage against its parent, on the parent's protected
+    held-out sets and probe suites (pretrain's parent is a tokenizer, so pretrain has none)."""
+
+    action: str = setting("stop", "On a regression: stop (exit code 3, the checkpoint is kept), warn (report "
+                          "and go on) or off.", choices=GATE_ACTIONS)
+    # Loose on purpose: on the tiny demo, chat tuning raises the pretraining text's loss by 167% (a
+    # change of format, not of knowledge) and DPO the SFT chat loss by 114% (it lowers the likelihood
+    # of chosen replies too); the probe suites are the finer check.
+    max_loss_increase: float = setting(2.0, "Largest allowed rise of a protected held-out loss, relative to the "
+                                       "parent's (2.0 = +200%).", ge=0, why="a relative rise")
+    max_probe_drop: float = setting(0.15, "Largest allowed fall of a protected probe suite's (or preference "
+                                    "set's) score, absolute.", ge=0, le=1)
+
+
+@documented
+@dataclass
+class LoRAConfig:
+    """LoRA adapters instead of full fine-tuning; the stage still leaves a merged model (llmpipe/train/lora.py)."""
+
+    enabled: bool = setting(False, "Train LoRA adapters instead of all weights (then ~10x the learning rate); "
+                            "the stage still leaves a full merged checkpoint, the adapter in <stage>/adapter/.")
+    r: int = setting(8, "Rank of the adapters.", ge=1, why="the adapters' rank")
+    alpha: float = setting(16.0, "Scale of the adapters' update (alpha / r multiplies it).", gt=0)
+    dropout: float = setting(0.0, "Dropout on the adapters' input.", ge=0, lt=1)
+    target_modules: list[str] = setting([], "Module names to adapt; empty: the model family's defaults "
+                                        "(llmpipe.models.LORA_TARGETS). Never lm_head.")
+
+
+@documented
+@dataclass
+class TrainConfig:
+    """Data and optimisation settings every training stage shares."""
+
+    train_files: list[str] = setting([], "Training data: files, folders, globs or "
+                                     "hf:NAME[:CONFIG][@SPLIT][#REVISION] sources.")
+    validation_files: list[str] = setting([], "Held-out data, in the same forms; empty: validation_fraction of "
+                                          "the train rows is held out.")
+    mixture_weights: list[float] = setting([], "Share of the training mix drawn from each train file (same "
+                                           "order); empty: every row once.", gt=0)
+    columns: dict[str, str] = setting({}, "Rename the data's own columns to llmpipe's, e.g. "
+                                      "{question: prompt, response: completion}.")
+    bad_rows: str = setting("fail", "A row that fails its format check: fail stops with file:line, skip drops "
+                            "and counts it.", choices=BAD_ROW_POLICIES)
+    validation_fraction: float = setting(0.05, "Share of training rows held out when no validation file is "
+                                         "given (deterministic by row hash).", gt=0, lt=1)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    max_steps: int = setting(100, "Optimiser steps to train.", ge=1)
+    batch_size: int = setting(16, "Rows per device and forward pass (text blocks, conversations, pairs; "
+                              "completions in online RL).", ge=1)
+    grad_accum: int = setting(1, "Forward passes accumulated into one optimiser step.", ge=1)
+    learning_rate: float = setting(1e-3, "Peak learning rate, reached after warmup, then cosine decay.", gt=0, lt=1)
+    min_lr_ratio: float = setting(0.1, "Learning rate at the end of the cosine decay, as a share of the peak.",
+                                  ge=0, le=1)
+    # More warmup than steps is not an error: a short trial run (max_steps=5) keeps the recipe's warmup
+    # and the training arguments cap it (llmpipe/train/common.py).
+    warmup_steps: int = setting(10, "Steps of linear warmup to the peak learning rate; a run of fewer steps "
+                                "warms up for all of them.", ge=0)
+    weight_decay: float = setting(0.1, "AdamW weight decay.", ge=0)
+    max_grad_norm: float = setting(1.0, "Gradients are clipped to this global norm.", gt=0)
+    max_length: int = setting(256, "Tokens per row: the block length in pretraining; longer conversations "
+                              "or pairs are cut.", ge=8)
+    eval_every: int = setting(50, "Steps between evaluations on the validation set.", ge=1)
+    eval_batches: int = setting(20, "Validation batches per evaluation (the same held-out sample each time).", ge=1)
+    save_every: int = setting(100, "Steps between the checkpoints an interrupted stage resumes from.", ge=1)
+    log_every: int = setting(10, "Steps between logged training metrics.", ge=1)
+    probes: list[str] = setting([], "Probe suites (JSONL, see llmpipe/eval/probes.py) scored during training "
+                                "and protected for the next stage's regression gate.")
+    probe_every: int = setting(0, "Steps between probe scorings; 0: at every evaluation.", ge=0,
+                               why="0: at every evaluation")
+    sample_prompts: list[str] = setting([], "Prompts whose greedy continuations are logged with the probes "
+                                        "(user turns in chat stages).")
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+@documented
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Next-token prediction on packed text blocks, from random initialisation."""
+
+    train_files: list[str] = setting([f"{DATA}/pretrain.train.jsonl"])
+    validation_files: list[str] = setting([f"{DATA}/pretrain.validation.jsonl"])
+    max_steps: int = 300
+    learning_rate: float = 2e-3
+    warmup_steps: int = 20
+    # Web-style corpora repeat themselves; chat and preference rows are short and near-dedup
+    # would merge rows that differ in the one word that matters.
+    cleaning: CleaningConfig = field(default_factory=lambda: CleaningConfig(near_dedup=True))
+    probes: list[str] = setting([f"{DATA}/probes.text.jsonl"])
+    sample_prompts: list[str] = setting(["The kettle is", "Question: What is 2 plus 3? Answer:"])
+
+
+@documented
+@dataclass
+class SFTConfig(TrainConfig):
+    """Chat tuning with loss on assistant tokens only."""
+
+    train_files: list[str] = setting([f"{DATA}/sft.train.jsonl"])
+    validation_files: list[str] = setting([f"{DATA}/sft.validation.jsonl"])
+    max_steps: int = 100
+    learning_rate: float = 5e-4
+    packing: bool = setting(True, "Pack several whole conversations into each row of max_length: fewer pad "
+                            "tokens, faster steps.")
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    accuracy_rows: int = setting(100, "Held-out rows with an `answer` field scored by greedy generation, "
+                                 "before and after training.", ge=0)
+    max_new_tokens: int = setting(24, "Tokens generated at most per reply (accuracy rows, logged samples).", ge=1)
+    probes: list[str] = setting([f"{DATA}/probes.chat.jsonl"])
+    sample_prompts: list[str] = setting(CHAT_SAMPLES)
+
+
+@documented
+@dataclass
+class AlignConfig(TrainConfig):
+    """Preference tuning of the SFT model (DPO, KTO; frozen SFT model as reference), or online RL.
+
+    Online RL (methods rlhf, grpo, rloo; see llmpipe/stages/rl.py) takes its prompts from the train
+    files: preference rows' prompt, chat rows without their last reply, or prompt rows ({prompt, answer}).
+    """
+
+    method: str = setting(DEFAULT_METHOD, "dpo or kto on preference data; rlhf, grpo or rloo train online (generate, "
+                          "score, update).", choices=ALIGN_METHODS)
+    train_files: list[str] = setting([f"{DATA}/prefs.train.jsonl"])
+    validation_files: list[str] = setting([f"{DATA}/prefs.validation.jsonl"])
+    max_steps: int = 60
+    batch_size: int = 8
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    eval_every: int = 30
+    beta: float = setting(0.1, "Pull towards the frozen SFT reference: DPO/KTO's beta, the KL penalty's "
+                          "weight in online RL.", gt=0)
+    loss_type: str = setting("sigmoid", "DPO loss (TRL's loss_type); robust and exo_pair need "
+                             "label_smoothing > 0.", choices=DPO_LOSS_TYPES)
+    label_smoothing: float = setting(0.0, "DPO's robust / exo_pair: the assumed share of flipped preference "
+                                     "labels.", ge=0, lt=0.5)
+    desirable_weight: float = setting(1.0, "KTO: loss weight of desirable rows, to balance unequal counts "
+                                      "(KTO paper, eq. 8).", gt=0)
+    undesirable_weight: float = setting(1.0, "KTO: loss weight of undesirable rows, to balance unequal "
+                                        "counts (KTO paper, eq. 8).", gt=0)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    preference_rows: int = setting(200, "Held-out pairs scored by whether the model gives the chosen reply "
+                                   "the higher log-likelihood, before and after.", ge=0)
+    probes: list[str] = setting([f"{DATA}/probes.chat.jsonl"])
+    sample_prompts: list[str] = setting(CHAT_SAMPLES)
+    rl: str = setting(RL_ALGORITHMS[0], "The RL algorithm of method rlhf (grpo and rloo name their own).",
+                      choices=RL_ALGORITHMS)
+    reward_model: str = setting("", "A finished reward stage folder: rlhf uses it instead of training one; "
+                                "grpo/rloo add it to their rules.")
+    rewards: list[str] = setting([], "Rule rewards (llmpipe/rewards.py); empty: [exact_match] for grpo and "
+                                 "rloo, none for rlhf (the reward model alone).", choices=REWARD_RULES, noun="reward")
+    num_generations: int = setting(4, "Completions sampled per prompt; batch_size counts completions, so it "
+                                   "must be a multiple of this.", ge=2,
+                                   why="each completion is compared with its siblings")
+    max_new_tokens: int = setting(24, "Tokens generated at most per completion (online RL, logged samples).", ge=1)
+    temperature: float = setting(1.0, "Sampling temperature of the completions.", gt=0,
+                                 why="sampling is what RL learns from")
+    max_kl: float = setting(2.0, "Bound on the policy's mean KL to the SFT reference per reply (nats) on "
+                            "held-out prompts; reported, not enforced.", gt=0)
+    heldout_prompts: int = setting(64, "Held-out prompts measured before and after (reward, KL, exact-match "
+                                   "accuracy).", ge=1)
+
+
+@documented
+@dataclass
+class RewardModelConfig(TrainConfig):
+    """The reward model of method rlhf: the SFT model with a scalar head, trained on preference pairs.
+
+    Its own section (not align's) because it wants other steps and learning rate than the policy, and
+    a finished reward model must not go stale when only the policy's settings change."""
+
+    train_files: list[str] = setting([f"{DATA}/prefs.train.jsonl"])
+    validation_files: list[str] = setting([f"{DATA}/prefs.validation.jsonl"])
+    max_steps: int = 60
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    eval_every: int = 30
+    max_length: int = 128
+    preference_rows: int = setting(200, "Held-out pairs scored by whether the chosen reply gets the higher "
+                                   "reward, before and after.", ge=0)
+
+
+@documented
+@dataclass
+class MonitorConfig:
+    """Logging and the loss guard of every training stage (not part of a stage's identity).
+
+    A NaN/inf loss or gradient, or a loss above spike_factor x the median of the last spike_window
+    steps, always has its update dropped; on_anomaly says what happens next."""
+
+    report_to: list[str] = setting(["tensorboard"], "Where metrics go: tensorboard (event files in "
+                                   "<stage>/tensorboard) and/or wandb; [] for neither.", choices=REPORT_TO,
+                                   noun="target")
+    on_anomaly: str = setting("rollback", "After a dropped update: skip (go on), stop (exit code 3, last good "
+                              "checkpoint kept) or rollback (resume from the last checkpoint at "
+                              "rollback_lr_factor x the learning rate, without the offending batch).",
+                              choices=ANOMALY_POLICIES)
+    spike_factor: float = setting(3.0, "A loss above this many times the recent median is a spike.", gt=1)
+    spike_window: int = setting(20, "Steps whose median loss a spike is measured against.", ge=2)
+    max_rollbacks: int = setting(3, "Rollbacks at most per stage; one more anomaly stops it.", ge=0)
+    rollback_lr_factor: float = setting(0.5, "Factor the learning rate is multiplied by at each rollback.", gt=0, le=1)
+    peak_tflops: float = setting(0.0, "Peak TFLOP/s per device for MFU; 0: a known GPU's data sheet, else "
+                                 "measured once per machine.", ge=0, why="0: measured or known")
+
+
+@documented
+@dataclass
+class Recipe:
+    """A whole pipeline: shared settings plus one section per stage."""
+
+    name: str = setting("tiny", "Run name: the run folder is runs/<name> unless --out says otherwise.")
+    seed: int = setting(0, "Seed of initialisation, data order and sampling.", ge=0)
+    model: str = setting("tiny", "Model size preset (GPT-2 family, llmpipe/config/presets.py).",
+                         choices=tuple(PRESETS), noun="model preset")
+    device: str = setting("auto", "Where to train; auto: cuda, else mps, else cpu.", choices=DEVICES)
+    precision: str = setting("auto", "auto: bf16 autocast where the hardware runs it natively, else fp32.",
+                             choices=PRECISIONS)
+    compile: bool = setting(False, "torch.compile: ~1.2x faster steps after a first step that compiles.")
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    reward: RewardModelConfig = field(default_factory=RewardModelConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    # Where the recipe came from, for error messages; not a setting.
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def stage_config(self, stage: str) -> dict[str, Any]:
+        """The settings that define a stage's result: its section plus the shared keys it uses.
+
+        Two runs of a stage with equal stage_config produce the same checkpoint, so this is what a
+        finished stage is compared against before it is skipped or refused.
+        """
+        shared: dict[str, Any] = {}
+        spec = stage_for(stage)
+        if spec.language_model:  # tokenizer training depends on its data and sizes alone
+            shared = {"seed": self.seed, "precision": self.precision, "compile": self.compile,
+                      "monitor": dataclasses.asdict(self.monitor)}
+        if spec.builds_model:  # later stages take their architecture from the parent
+            shared["model"] = self.model
+        return {**shared, stage: dataclasses.asdict(getattr(self, stage))}
+
+
+def _trains_from(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, (TokenizerConfig, TrainConfig))
+
+
+# The sections a stage trains from (what `stage_config` takes): every section of a tokenizer or
+# training type, so that a section added later counts without being listed here.
+STAGE_SECTIONS = tuple(name for name, kind in typing.get_type_hints(Recipe).items() if _trains_from(kind))
