@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test catalogue bench bench-scale install clean
+.PHONY: demo test catalogue docs bench bench-scale install clean
 
 $(BIN)/llmpipe: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install
 # Regenerate docs/bad-inputs.md from the bad-input catalogue (tests/bad_inputs_cases.py), by running it.
 catalogue: install
 	$(BIN)/python tests/make_catalogue.py
+
+# Regenerate docs/manifest.md from the typed manifest's field declarations (llmpipe/runs/manifest.py).
+docs: install
+	$(BIN)/python -c "from llmpipe.runs.manifest import markdown; print(markdown(), end='')" > docs/manifest.md
 
 # Each benchmark prints a table and writes JSON to bench/results/.
 bench: install

@@ -134,7 +134,7 @@ def _disk_full(*args: Any, **kwargs: Any) -> None:
 
 
 def _disk_full_on_manifest(ctx: Ctx) -> None:
-    ctx.monkeypatch.setattr("llmpipe.runs.write_json_atomic", _disk_full)
+    ctx.monkeypatch.setattr("llmpipe.runs.manifest.write_json_atomic", _disk_full)
 
 
 def _disk_full_on_save(ctx: Ctx) -> None:

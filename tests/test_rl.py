@@ -133,7 +133,7 @@ def test_rlhf_trains_a_reward_model_then_the_policy(rlhf_run: Path):
     rm = reward["metrics"]
     assert rm["preference_rows"] == 16 and 0 <= rm["pairwise_accuracy_before"] <= 1 and 0 <= rm["pairwise_accuracy"] <= 1
     assert reward["summary"]["metric"]["name"] == "held-out pairwise accuracy" and reward["summary"]["steps"] == 4
-    assert "gate" not in reward  # a classifier is not gated on likelihoods
+    assert reward["gate"] is None  # a classifier is not gated on likelihoods
     pm = policy["metrics"]
     assert pm["algorithm"] == "rloo" and pm["rewards"] == ["reward_model"] and pm["heldout_prompts"] == 8
     for key in ("reward_model_score", "mean_reward", "kl", "kl_per_token", "reply_tokens"):
@@ -185,7 +185,7 @@ def test_run_with_grpo_trains_on_verifiable_answers(micro_copy: Path):
     assert metrics["algorithm"] == "grpo" and metrics["rewards"] == ["exact_match"]
     assert 0 <= metrics["exact_match_accuracy_before"] <= 1 and 0 <= metrics["exact_match_accuracy"] <= 1
     assert manifest["summary"]["metric"]["name"] == "held-out exact-match accuracy"
-    assert manifest["data"]["train_rows"] == 521 and "reward_model" not in manifest
+    assert manifest["data"]["train_rows"] == 521 and manifest["reward_model"] is None
     protected = micro_copy / "grpo" / manifest["protected"]["heldout"][0]["file"]
     assert all("answer" in json.loads(line) for line in protected.read_text().splitlines())
     assert "grpo" in result.stdout  # in the summary table
