@@ -138,3 +138,26 @@ def test_report_of_a_missing_or_empty_folder(tmp_path):
     result = invoke("report", str(tmp_path / "empty"))
     assert result.exit_code == 2 and "no complete stage" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+def _config_row(markdown: str, stage: str) -> list[str]:
+    """The cells of a stage's Config table row (model, steps, batch, lr, max length, settings)."""
+    section = markdown[markdown.index(f"\n## {stage}\n"):]
+    table = section[section.index("### Config"):section.index("### Data")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| model |", "| --- |"))]
+    assert len(rows) == 1, table
+    return [cell.strip() for cell in rows[0].strip().strip("|").split("|")]
+
+
+def test_report_config_rows_carry_each_stage_recipe_values(micro_copy):
+    markdown, _ = _report(micro_copy)
+    # recipes/micro.yaml: steps, batch, max length; the learning rates are the sections' defaults.
+    expected = {"pretrain": ("pretrain", "8", "4", "64"), "sft": ("sft", "6", "4", "64"), "dpo": ("align", "4", "4", "64")}
+    for stage, (section, steps, batch, max_length) in expected.items():
+        recipe = json.loads((micro_copy / stage / "manifest.json").read_text())["config"][section]
+        cells = _config_row(markdown, stage)
+        assert cells[1:5] == [steps, batch, fmt(recipe["learning_rate"]), max_length], (stage, cells)
+        assert cells[3] != "-", (stage, cells)
+    # The method's own settings, not the monitor's.
+    assert "loss_type=sigmoid" in _config_row(markdown, "dpo")[5]
+    assert "on_anomaly" not in markdown
