@@ -104,3 +104,23 @@ def test_eval_bad_inputs_are_one_line_errors(micro_copy: Path, tmp_path: Path):
         result = invoke(*args)
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert result.exit_code == 2 and len(errors) == 1 and expected in errors[0], (args, result.output)
+
+
+def test_eval_scores_every_block_of_long_text_rows(micro_copy: Path, tmp_path: Path):
+    from transformers import AutoTokenizer
+
+    texts = [json.loads(line)["text"] for line in Path("data/pretrain.validation.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [" ".join(texts[i::4]) for i in range(4)]  # four rows, each many blocks of max_length (64) long
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in rows), encoding="utf-8")
+    out = tmp_path / "eval.json"
+    result = invoke("eval", str(micro_copy / "pretrain"), "--data", str(data), "--samples", "0", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    scored = json.loads(out.read_text())["results"]["long"]
+    tokenizer = AutoTokenizer.from_pretrained(micro_copy / "pretrain")
+    # As pretraining packs documents: <bos> text <eos>.
+    total = sum(len(ids) + 2 for ids in tokenizer(rows, add_special_tokens=False)["input_ids"])
+    assert total > 20 * 64 * len(rows)
+    assert scored["tokens"] >= 0.95 * total, (scored, total)
+    assert scored["tokens_total"] == total and scored["scored_share"] == round(scored["tokens"] / total, 4)
+    assert f"tokens {scored['tokens']} of {total} ({scored['scored_share']:.1%})" in result.stdout

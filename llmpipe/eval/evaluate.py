@@ -124,6 +124,14 @@ def _value(result: dict[str, Any] | None) -> str:
     return f"{result['value']:.4f}"
 
 
+def _detail(result: dict[str, Any], key: str) -> str:
+    # Scored text says how much of the set it covers: a share well below 1 is not the set's measure.
+    if key == "tokens" and result.get("tokens_total"):
+        share = result.get("scored_share", result["tokens"] / result["tokens_total"])
+        return f"tokens {result['tokens']} of {result['tokens_total']} ({share:.1%})"
+    return f"{key} {result[key]}"
+
+
 def render(evaluation: dict[str, Any]) -> str:
     """A plain-text table of an evaluation (with the `--against` column and change when present)."""
     other = evaluation.get("against_results")
@@ -131,7 +139,7 @@ def render(evaluation: dict[str, Any]) -> str:
     lines = []
     for name, result in evaluation["results"].items():
         measure_name = "loss" if result["kind"] == "loss" else ("accuracy" if result.get("dataset_kind") == "preference" else "score")
-        details = ", ".join(f"{k} {result[k]}" for k in ("perplexity", "bpb", "tokens", "rows", "n") if result.get(k) is not None)
+        details = ", ".join(_detail(result, k) for k in ("perplexity", "bpb", "tokens", "rows", "n") if result.get(k) is not None)
         row = [name, result.get("dataset_kind", result["kind"]), measure_name, _value(result)]
         if other:
             theirs = other.get(name)

@@ -48,19 +48,22 @@ def _summary(total: float, count: int, n_bytes: int | None = None) -> dict[str, 
     return out
 
 
-def text_loss(model: Any, tokenizer: Any, texts: list[str], block_size: int, max_blocks: int, batch_size: int = 16) -> dict[str, Any]:
-    """Loss, perplexity and bits per byte on documents packed as pretraining packs them.
+def text_loss(model: Any, tokenizer: Any, texts: list[str], block_size: int, batch_size: int = 16) -> dict[str, Any]:
+    """Loss, perplexity and bits per byte on documents packed as pretraining packs them: every full
+    block of the texts is scored, only the tail shorter than a block is left out.
 
-    Bits per byte divides the summed loss by the bytes the scored tokens stand for (estimated from
-    the tokens-per-byte of the whole set), so it compares across tokenizers."""
+    `tokens` counts the scored predictions, `tokens_total` the tokens the texts make and
+    `scored_share` the one over the other, so a result says how much of the set it stands for. Bits
+    per byte divides the summed loss by the bytes the scored tokens stand for (estimated from the
+    tokens-per-byte of the whole set), so it compares across tokenizers."""
     blocks, n_tokens = pack_blocks(tokenizer, texts, block_size)
-    blocks = blocks[:max_blocks]
     if len(blocks) == 0:
-        return {"loss": None, "perplexity": None, "tokens": 0}
+        return {"loss": None, "perplexity": None, "tokens": 0, "tokens_total": n_tokens, "scored_share": 0.0}
     total, count = _token_losses(model, blocks, blocks, batch_size)
     bytes_per_token = sum(len(t.encode("utf-8")) for t in texts) / n_tokens
     # Each block of n tokens scores n - 1 predictions, standing for that many tokens' bytes.
-    return _summary(total, count, round(count * bytes_per_token))
+    return {**_summary(total, count, round(count * bytes_per_token)), "tokens_total": n_tokens,
+            "scored_share": round(count / n_tokens, 4)}
 
 
 def chat_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length: int, batch_size: int = 16) -> dict[str, Any]:
@@ -89,7 +92,8 @@ def measure(model: Any, tokenizer: Any, kind: str, rows: list[dict[str, Any]], m
     """The headline measures of `kind` (text, chat, preference or prompt) rows; `value` is the one compared."""
     rows = rows[:max_rows]
     if kind == "text":
-        result = text_loss(model, tokenizer, [r["text"] for r in rows], max_length, max_rows, batch_size)
+        # Every block the rows make: `max_rows` limits rows, and a long row makes many blocks.
+        result = text_loss(model, tokenizer, [r["text"] for r in rows], max_length, batch_size)
         return {"kind": "loss", "value": result["loss"], **result}
     if kind == "chat":
         result = chat_loss(model, tokenizer, rows, max_length, batch_size)
