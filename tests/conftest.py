@@ -18,6 +18,7 @@ os.environ.setdefault("LLMPIPE_CACHE", tempfile.mkdtemp(prefix="llmpipe-test-cac
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = str(ROOT / "recipes" / "micro.yaml")
 SHARED_DATA = ROOT.parent / "shared" / "data"
+RUN_OUTPUT = "run-output.txt"
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +52,8 @@ def micro_run(tmp_path_factory) -> Path:
     os.chdir(ROOT)
     result = invoke("run", MICRO, "--out", str(run_dir))
     assert result.exit_code == 0, result.output
+    # What the run printed, for tests of its console lines (beside the run folder, not inside it).
+    (run_dir.parent / RUN_OUTPUT).write_text(result.output, encoding="utf-8")
     return run_dir
 
 

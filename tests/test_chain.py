@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from conftest import MICRO, invoke, read_manifest
+from conftest import MICRO, RUN_OUTPUT, invoke, read_manifest
 
+from llmpipe.core.console import fmt_number
 from llmpipe.runs import manifest_sha
 
 STAGES = ("tokenizer", "pretrain", "sft", "dpo")
@@ -139,3 +141,21 @@ def test_changed_settings_need_restart_and_failures_keep_the_old_checkpoint(micr
     result = invoke("run", MICRO, "sft.learning_rate=1e-4", "--out", str(micro_copy))
     assert result.exit_code == 0, result.output
     assert read_manifest(micro_copy / "dpo")["parent"]["manifest_sha256"] == manifest_sha(micro_copy / "sft")
+
+
+def test_stage_result_lines_show_numbers_to_three_decimals(micro_run: Path):
+    output = (micro_run.parent / RUN_OUTPUT).read_text(encoding="utf-8")
+    starts = ("tokenizer: vocab", "pretrain: validation loss", "sft: answer accuracy", "dpo (sigmoid): held-out")
+    lines = [line for line in output.splitlines() if line.startswith(starts)]
+    assert [next(s for s in starts if line.startswith(s)) for line in lines] == list(starts), output
+    for line in lines:
+        assert not re.search(r"\d\.\d{4,}", line), line
+    # Every measure of the DPO line: 3 decimals, or "-" where there is none.
+    dpo = lines[-1].split(": ", 1)[1]
+    values = re.findall(r"(?:-?\d+\.\d+|-)(?=[;,]| ->|$)", dpo)
+    assert len(values) == 4 and all(v == "-" or re.fullmatch(r"-?\d+\.\d{3}", v) for v in values), lines[-1]
+
+
+def test_number_helper():
+    assert [fmt_number(v) for v in (None, 0.7133333333333334, 0.88, 2, -0.00049, 1234.5)] == \
+        ["-", "0.713", "0.880", "2", "-0.000", "1234.500"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 from typing import Any
@@ -35,10 +36,13 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    """A measure for a result line: `digits` decimals for a float, "-" for a missing one, as-is otherwise."""
+def fmt_number(value: Any, places: int = 3) -> str:
+    """A number for a stage's result line: a float to `places` decimals, an integer as it is, '-' for
+    None (a measure not taken, e.g. "before" with no held-out rows); anything else as its text."""
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
+    if isinstance(value, numbers.Integral):
+        return str(value)
+    if isinstance(value, numbers.Real):
+        return f"{value:.{places}f}"
     return str(value)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trl import DPOConfig, DPOTrainer
 
-from llmpipe.core.console import fmt, say
+from llmpipe.core.console import fmt_number, say
 from llmpipe.eval.metrics import preference_accuracy
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import limit_rows
@@ -42,8 +42,8 @@ def train(ctx: StageContext) -> Path:
         "preference_rows": after["rows"],
     }
     say(
-        f"dpo ({cfg.loss_type}): held-out preference accuracy {fmt(before.get('accuracy'))} -> {fmt(after['accuracy'])}; "
-        f"reward accuracy {fmt(final_eval.get('eval_rewards/accuracies'))}, margin {fmt(final_eval.get('eval_rewards/margins'))}"
+        f"dpo ({cfg.loss_type}): held-out preference accuracy {fmt_number(before.get('accuracy'))} -> {fmt_number(after['accuracy'])}; "
+        f"reward accuracy {fmt_number(final_eval.get('eval_rewards/accuracies'))}, margin {fmt_number(final_eval.get('eval_rewards/margins'))}"
     )
     metric = {"name": "held-out preference accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
     heldout = [("preference-validation", ctx.spec.data, limit_rows(data.validation, cfg))]

@@ -14,7 +14,7 @@ from typing import Any
 
 from trl import KTOConfig, KTOTrainer
 
-from llmpipe.core.console import fmt, say
+from llmpipe.core.console import fmt_number, say
 from llmpipe.data.formats import unpair
 from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
 from llmpipe.runs.context import StageContext
@@ -65,8 +65,8 @@ def train(ctx: StageContext) -> Path:
     # The headline: pairs where there are any (comparable with DPO), else the unpaired measure.
     key, name = ("pairs", "held-out preference accuracy") if pairs else ("unpaired", "held-out desirable-above-undesirable share")
     metric = {"name": name, "before": before.get(key, {}).get("accuracy"), "after": after[key]["accuracy"]}
-    say(f"kto: {name} {fmt(metric['before'])} -> {fmt(metric['after'])}; reward margin "
-        f"{fmt(final_eval.get('eval_rewards/margins'))}, kl {fmt(final_eval.get('eval_kl'))}")
+    say(f"kto: {name} {fmt_number(metric['before'])} -> {fmt_number(metric['after'])}; reward margin "
+        f"{fmt_number(final_eval.get('eval_rewards/margins'))}, kl {fmt_number(final_eval.get('eval_kl'))}")
     heldout = [("preference-validation", "preference", limit_rows([r for r in data.validation if "chosen" in r], cfg)),
                ("unpaired-validation", "unpaired", limit_rows([r for r in data.validation if "chosen" not in r], cfg))]
     return finish(ctx, fitted, tokenizer, metric, heldout)

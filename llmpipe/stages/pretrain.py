@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
 
-from llmpipe.core.console import fmt, say
+from llmpipe.core.console import fmt_number, say
 from llmpipe.core.errors import UserError
 from llmpipe.data.blocks import BlockDataset, pack_blocks, token_blocks
 from llmpipe.data.pipeline import heldout_texts, stream_text
@@ -77,7 +77,7 @@ def train(ctx: StageContext) -> Path:
         "flops_per_token": flops_per_token(model, cfg.max_length),
     }
     metric = {"name": "held-out bits/byte", "before": bpb(before), "after": bpb(after)}
-    say(f"pretrain: validation loss {fmt(before)} -> {fmt(after)}, {fmt(bpb(before))} -> {fmt(bpb(after))} bits/byte")
+    say(f"pretrain: validation loss {fmt_number(before)} -> {fmt_number(after)}, {fmt_number(bpb(before))} -> {fmt_number(bpb(after))} bits/byte")
     # Children are gated on the documents behind the validation blocks (about as many bytes).
     budget = len(val_blocks) * cfg.max_length / tokens_per_byte
     kept, size = [], 0

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_
 from trl import RewardConfig, RewardTrainer
 
 from llmpipe.chat_format import load_chat_tokenizer
-from llmpipe.core.console import fmt, say
+from llmpipe.core.console import fmt_number, say
 from llmpipe.data.pipeline import heldout_texts, load_rows
 from llmpipe.eval.rl import pairwise_accuracy
 from llmpipe.runs.context import StageContext
@@ -68,7 +68,7 @@ def train(ctx: StageContext) -> Path:
         "reward_margin": after["mean_margin"],
         "preference_rows": after["rows"],
     }
-    say(f"reward: held-out pairwise accuracy {fmt(before.get('accuracy'))} -> {fmt(after['accuracy'])} on {after['rows']} pairs")
+    say(f"reward: held-out pairwise accuracy {fmt_number(before.get('accuracy'))} -> {fmt_number(after['accuracy'])} on {after['rows']} pairs")
     metric = {"name": "held-out pairwise accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
     heldout = [("reward-validation", ctx.spec.data, limit_rows(data.validation, cfg))]
     # Not gated against the SFT model (registry: gated=False): the gate compares likelihoods and

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from llmpipe.chat_format import load_chat_tokenizer, set_generation_stops, stop_token_ids
-from llmpipe.core.console import fmt, say
+from llmpipe.core.console import fmt_number, say
 from llmpipe.core.errors import UserError
 from llmpipe.data.pipeline import heldout_texts, load_rows
 from llmpipe.eval.rewards import reward_functions
@@ -140,7 +140,7 @@ def train(ctx: StageContext) -> Path:
     else:
         name, key = "held-out mean reward", "mean_reward"
     metric = {"name": name, "before": before.get(key), "after": after[key]}
-    say(f"{cfg.method}: {name} {fmt(before.get(key))} -> {fmt(after[key])}; KL to the SFT model {fmt(after['kl'])} nats per reply "
+    say(f"{cfg.method}: {name} {fmt_number(before.get(key))} -> {fmt_number(after[key])}; KL to the SFT model {fmt_number(after['kl'])} nats per reply "
         f"({'within' if after['kl'] <= cfg.max_kl else 'ABOVE'} align.max_kl={cfg.max_kl:g})")
     protected = [(f"{cfg.method}-prompts", ctx.spec.data, heldout)]
     return finish(ctx, fitted, tokenizer, metric, protected)

@@ -11,7 +11,7 @@ from trl import SFTConfig, SFTTrainer
 
 from llmpipe.chat_format import load_chat_tokenizer, set_generation_stops
 from llmpipe.config import Recipe
-from llmpipe.core.console import fmt, say
+from llmpipe.core.console import fmt_number, say
 from llmpipe.data.pipeline import heldout_texts, load_rows
 from llmpipe.eval.metrics import answer_accuracy
 from llmpipe.runs import StageWriter
@@ -78,7 +78,7 @@ def train(ctx: StageContext) -> Path:
         metric = {"name": "held-out loss", "before": val_before, "after": val_after}
     else:
         metric = {"name": "held-out answer accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
-    say(f"sft: held-out loss {fmt(val_before)} -> {fmt(val_after)}; answer accuracy {fmt(before.get('accuracy'))} -> "
-        f"{fmt(after['accuracy'])} on {after['rows']} held-out rows")
+    say(f"sft: held-out loss {fmt_number(val_before)} -> {fmt_number(val_after)}; answer accuracy {fmt_number(before.get('accuracy'))} -> "
+        f"{fmt_number(after['accuracy'])} on {after['rows']} held-out rows")
     heldout = [("sft-validation", ctx.spec.data, limit_rows(data.validation, cfg))]
     return finish(ctx, fitted, tokenizer, metric, heldout, val_loss=val_after)
