@@ -43,7 +43,8 @@ def train(ctx: StageContext) -> Path:
     }
     say(
         f"dpo ({cfg.loss_type}): held-out preference accuracy {fmt_number(before.get('accuracy'))} -> {fmt_number(after['accuracy'])}; "
-        f"reward accuracy {fmt_number(final_eval.get('eval_rewards/accuracies'))}, margin {fmt_number(final_eval.get('eval_rewards/margins'))}"
+        f"reward accuracy {fmt_number(final_eval.get('eval_rewards/accuracies'))}, "
+        f"margin {fmt_number(final_eval.get('eval_rewards/margins'))}"
     )
     metric = {"name": "held-out preference accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
     heldout = [("preference-validation", ctx.spec.data, limit_rows(data.validation, cfg))]

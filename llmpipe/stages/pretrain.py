@@ -77,7 +77,8 @@ def train(ctx: StageContext) -> Path:
         "flops_per_token": flops_per_token(model, cfg.max_length),
     }
     metric = {"name": "held-out bits/byte", "before": bpb(before), "after": bpb(after)}
-    say(f"pretrain: validation loss {fmt_number(before)} -> {fmt_number(after)}, {fmt_number(bpb(before))} -> {fmt_number(bpb(after))} bits/byte")
+    say(f"pretrain: validation loss {fmt_number(before)} -> {fmt_number(after)}, "
+        f"{fmt_number(bpb(before))} -> {fmt_number(bpb(after))} bits/byte")
     # Children are gated on the documents behind the validation blocks (about as many bytes).
     budget = len(val_blocks) * cfg.max_length / tokens_per_byte
     kept, size = [], 0

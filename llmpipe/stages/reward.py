@@ -68,7 +68,8 @@ def train(ctx: StageContext) -> Path:
         "reward_margin": after["mean_margin"],
         "preference_rows": after["rows"],
     }
-    say(f"reward: held-out pairwise accuracy {fmt_number(before.get('accuracy'))} -> {fmt_number(after['accuracy'])} on {after['rows']} pairs")
+    say(f"reward: held-out pairwise accuracy {fmt_number(before.get('accuracy'))} -> {fmt_number(after['accuracy'])} "
+        f"on {after['rows']} pairs")
     metric = {"name": "held-out pairwise accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
     heldout = [("reward-validation", ctx.spec.data, limit_rows(data.validation, cfg))]
     # Not gated against the SFT model (registry: gated=False): the gate compares likelihoods and

@@ -140,7 +140,8 @@ def train(ctx: StageContext) -> Path:
     else:
         name, key = "held-out mean reward", "mean_reward"
     metric = {"name": name, "before": before.get(key), "after": after[key]}
-    say(f"{cfg.method}: {name} {fmt_number(before.get(key))} -> {fmt_number(after[key])}; KL to the SFT model {fmt_number(after['kl'])} nats per reply "
+    say(f"{cfg.method}: {name} {fmt_number(before.get(key))} -> {fmt_number(after[key])}; "
+        f"KL to the SFT model {fmt_number(after['kl'])} nats per reply "
         f"({'within' if after['kl'] <= cfg.max_kl else 'ABOVE'} align.max_kl={cfg.max_kl:g})")
     protected = [(f"{cfg.method}-prompts", ctx.spec.data, heldout)]
     return finish(ctx, fitted, tokenizer, metric, protected)

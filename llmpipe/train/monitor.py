@@ -8,26 +8,24 @@ callback sees the per-step loss before the optimizer applies it, and a NaN must 
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import PrinterCallback
+
 from llmpipe.core.console import say
-from llmpipe.core.errors import EXIT_CHECK_FAILED, UserError
 from llmpipe.eval.metrics import chat_ids, generate_from_ids, text_ids
 from llmpipe.eval.probes import score_suite
 from llmpipe.train.checkpoints import checkpoint_callbacks
 from llmpipe.train.flops import peak_flops
+from llmpipe.train.guard import TrainingDiverged, attach_guard
 
-
-class TrainingDiverged(UserError):
-    """The loss went NaN/inf or spiked and the anomaly policy stopped the stage."""
-
-    exit_code = EXIT_CHECK_FAILED
+__all__ = ["Monitor", "MonitorSetup", "ProbeRunner", "Progress", "TrainingDiverged", "attach_monitor"]
 
 
 @dataclass
@@ -55,15 +53,12 @@ class Monitor:
         self.setup = setup
         self.compiled = bool(trainer.args.torch_compile)
         self.peak, self.peak_source = peak_flops(trainer.args, cfg.peak_tflops)
-        self.progress = _progress(setup, self.peak)
-        self.guard = _guard(trainer, cfg, setup.stage, setup.spikes)
-        self.prober = _probe_runner(trainer, tokenizer, setup) if setup.probe_suites or setup.sample_prompts else None
+        self.progress = Progress(setup, self.peak)
+        self.guard = attach_guard(trainer, cfg, setup.stage, setup.spikes)
+        self.prober = ProbeRunner(trainer, tokenizer, setup) if setup.probe_suites or setup.sample_prompts else None
 
         sealer, self.stopper = checkpoint_callbacks()
         callbacks = [self.progress, self.guard, sealer, self.stopper] + ([self.prober] if self.prober else [])
-        from transformers.integrations import TensorBoardCallback
-        from transformers.trainer_callback import PrinterCallback
-
         trainer.remove_callback(PrinterCallback)
         if "tensorboard" in cfg.report_to:
             board = TensorBoardCallback()
@@ -92,260 +87,136 @@ class Monitor:
         }
 
 
-def _progress(setup: MonitorSetup, peak: float | None) -> Any:
-    from transformers import TrainerCallback
+class Progress(TrainerCallback):
+    """Log history with tokens/s and MFU over pure step time; a Rich bar or terse lines."""
 
-    class Progress(TrainerCallback):
-        """Log history with tokens/s and MFU over pure step time; a Rich bar or terse lines."""
+    def __init__(self, setup: MonitorSetup, peak: float | None) -> None:
+        self.setup, self.peak = setup, peak
+        self.history: list[dict[str, Any]] = []
+        self.step_seconds = 0.0
+        self.step_started = 0.0
+        self.tokens_at_log = 0
+        self.seconds_at_log = 0.0
+        self.tokens_at_start = 0
+        self.step_times: list[float] = []
+        # From the first step's start to the last step's end, with whatever ran between steps
+        # (data loading, mid-run evaluations); not the set-up before nor the final eval/save.
+        self.train_seconds = 0.0
+        self.span: list[float] = []
+        self.bar: Any = None
 
-        def __init__(self) -> None:
-            self.history: list[dict[str, Any]] = []
-            self.step_seconds = 0.0
-            self.step_started = 0.0
-            self.tokens_at_log = 0
-            self.seconds_at_log = 0.0
-            self.tokens_at_start = 0
-            self.step_times: list[float] = []
-            # From the first step's start to the last step's end, with whatever ran between steps
-            # (data loading, mid-run evaluations); not the set-up before nor the final eval/save.
-            self.train_seconds = 0.0
-            self.span: list[float] = []
-            self.bar: Any = None
+    def compile_seconds(self) -> float:
+        """Time torch.compile added: what steps of over 3x the median step took beyond the median
+        (the first step compiles; a new batch shape can recompile later)."""
+        if not self.step_times:
+            return 0.0
+        median = sorted(self.step_times)[len(self.step_times) // 2]
+        return round(sum(t - median for t in self.step_times if t > 3 * median), 2)
 
-        def compile_seconds(self) -> float:
-            """Time torch.compile added: what steps of over 3x the median step took beyond the median
-            (the first step compiles; a new batch shape can recompile later)."""
-            if not self.step_times:
-                return 0.0
-            median = sorted(self.step_times)[len(self.step_times) // 2]
-            return round(sum(t - median for t in self.step_times if t > 3 * median), 2)
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens_at_start = self.tokens_at_log = state.num_input_tokens_seen or 0
+        self.seconds_at_log = self.step_seconds
+        self.span = []
+        if state.is_world_process_zero and sys.stderr.isatty() and self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.tokens_at_start = self.tokens_at_log = state.num_input_tokens_seen or 0
-            self.seconds_at_log = self.step_seconds
-            self.span = []
-            if state.is_world_process_zero and sys.stderr.isatty() and self.bar is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+            self.task = self.bar.add_task(self.setup.stage, total=self.setup.total_steps, completed=state.global_step, info="")
+            self.bar.start()
 
-                self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-                self.task = self.bar.add_task(setup.stage, total=setup.total_steps, completed=state.global_step, info="")
-                self.bar.start()
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_started = time.perf_counter()
+        self.span = self.span or [self.step_started]
 
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.step_started = time.perf_counter()
-            self.span = self.span or [self.step_started]
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_times.append(time.perf_counter() - self.step_started)
+        self.step_seconds += self.step_times[-1]
+        self.span[1:] = [time.perf_counter()]
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
 
-        def on_step_end(self, args, state, control, **kwargs):
-            self.step_times.append(time.perf_counter() - self.step_started)
-            self.step_seconds += self.step_times[-1]
-            self.span[1:] = [time.perf_counter()]
+    def on_train_end(self, args, state, control, **kwargs):
+        if len(self.span) == 2:
+            self.train_seconds += self.span[1] - self.span[0]
+        if self.bar is not None and state.global_step >= self.setup.total_steps:
+            self.bar.stop()
+            self.bar = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        if self.setup.bits_per_byte_factor is not None and "eval_loss" in logs:
+            logs["eval_bpb"] = round(logs["eval_loss"] * self.setup.bits_per_byte_factor, 4)
+        if "loss" in logs:
+            tokens = (state.num_input_tokens_seen or 0) - self.tokens_at_log
+            seconds = self.step_seconds - self.seconds_at_log
+            rate = tokens / seconds if seconds > 0 else 0.0
+            self.tokens_at_log, self.seconds_at_log = state.num_input_tokens_seen or 0, self.step_seconds
+            logs["tokens_per_second"] = round(rate, 1)
+            world = max(args.world_size, 1)
+            known = self.peak and self.setup.flops_per_token
+            logs["mfu"] = round(rate * self.setup.flops_per_token / (self.peak * world), 4) if known else None
+        self.history.append({"step": state.global_step, **logs})
+        if not state.is_world_process_zero:
+            return
+        if "loss" in logs:
+            remaining = (self.setup.total_steps - state.global_step) * self.step_seconds / max(state.global_step, 1)
+            mfu = f" | mfu {logs['mfu']:.1%}" if logs.get("mfu") is not None else ""
+            line = (f"step {state.global_step:>5}/{self.setup.total_steps} | loss {logs['loss']:.4f} | "
+                    f"lr {logs.get('learning_rate', 0):.2e} | grad {logs.get('grad_norm', float('nan')):.2f} | "
+                    f"{logs['tokens_per_second']:,.0f} tok/s{mfu}")
             if self.bar is not None:
-                self.bar.update(self.task, completed=state.global_step)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if len(self.span) == 2:
-                self.train_seconds += self.span[1] - self.span[0]
-            if self.bar is not None and state.global_step >= setup.total_steps:
-                self.bar.stop()
-                self.bar = None
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = dict(logs or {})
-            if setup.bits_per_byte_factor is not None and "eval_loss" in logs:
-                logs["eval_bpb"] = round(logs["eval_loss"] * setup.bits_per_byte_factor, 4)
-            if "loss" in logs:
-                tokens = (state.num_input_tokens_seen or 0) - self.tokens_at_log
-                seconds = self.step_seconds - self.seconds_at_log
-                rate = tokens / seconds if seconds > 0 else 0.0
-                self.tokens_at_log, self.seconds_at_log = state.num_input_tokens_seen or 0, self.step_seconds
-                logs["tokens_per_second"] = round(rate, 1)
-                world = max(args.world_size, 1)
-                logs["mfu"] = round(rate * setup.flops_per_token / (peak * world), 4) if peak and setup.flops_per_token else None
-            self.history.append({"step": state.global_step, **logs})
-            if not state.is_world_process_zero:
-                return
-            if "loss" in logs:
-                remaining = (setup.total_steps - state.global_step) * self.step_seconds / max(state.global_step, 1)
-                mfu = f" | mfu {logs['mfu']:.1%}" if logs.get("mfu") is not None else ""
-                line = (f"step {state.global_step:>5}/{setup.total_steps} | loss {logs['loss']:.4f} | "
-                        f"lr {logs.get('learning_rate', 0):.2e} | grad {logs.get('grad_norm', float('nan')):.2f} | "
-                        f"{logs['tokens_per_second']:,.0f} tok/s{mfu}")
-                if self.bar is not None:
-                    self.bar.update(self.task, info=line.split(" | ", 1)[1])
-                say(f"{setup.stage:9s} {line} | eta {remaining:,.0f}s")
-            elif "eval_loss" in logs:
-                extra = "".join(
-                    f" | {k.removeprefix('eval_')} {v:.4f}" for k, v in logs.items()
-                    if (k.startswith("eval_rewards/") or k == "eval_bpb") and isinstance(v, float)
-                )
-                say(f"{setup.stage:9s} step {state.global_step:>5}/{setup.total_steps} | val loss {logs['eval_loss']:.4f}{extra}")
-
-    return Progress()
+                self.bar.update(self.task, info=line.split(" | ", 1)[1])
+            say(f"{self.setup.stage:9s} {line} | eta {remaining:,.0f}s")
+        elif "eval_loss" in logs:
+            extra = "".join(
+                f" | {k.removeprefix('eval_')} {v:.4f}" for k, v in logs.items()
+                if (k.startswith("eval_rewards/") or k == "eval_bpb") and isinstance(v, float)
+            )
+            say(f"{self.setup.stage:9s} step {state.global_step:>5}/{self.setup.total_steps} | val loss {logs['eval_loss']:.4f}{extra}")
 
 
-def _guard(trainer: Any, cfg: Any, stage: str, spikes: bool = True) -> Any:
-    import torch
-    from transformers import TrainerCallback
+class ProbeRunner(TrainerCallback):
+    """Probe suites and sample generations before training, every `probe_every` steps and at the end."""
 
-    class Guard(TrainerCallback):
-        """NaN/inf and spike detection per optimizer step, before the update is applied.
+    def __init__(self, trainer: Any, tokenizer: Any, setup: MonitorSetup) -> None:
+        self.trainer, self.tokenizer, self.setup = trainer, tokenizer, setup
+        self.records: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.done: set[int] = set()
 
-        An anomalous step's update is always dropped (gradients zeroed, learning rate 0 for that step),
-        so the weights and every checkpoint stay finite. Then the policy: `skip` goes on; `stop` ends
-        the stage with the last good checkpoint kept; `rollback` resumes from the last checkpoint with
-        the learning rate scaled down, dropping the offending step's batch when it comes round again.
-        """
-        def __init__(self) -> None:
-            self.micro_losses: list[Any] = []
-            self.grad_norm: Any = None
-            self.recent: deque[float] = deque(maxlen=cfg.spike_window)
-            self.skip_steps: set[int] = set()
-            self.anomalies: list[dict[str, Any]] = []
-            self.pending: str | None = None
-            self.bad_step = 0
-            self.rollbacks = 0
-            self.lr_scale = 1.0
+    def run(self, step: int, model: Any, control: Any) -> None:
+        if step in self.done:
+            return
+        self.done.add(step)
+        logs, parts = {}, []
+        for name, probes in self.setup.probe_suites.items():
+            result = score_suite(model, self.tokenizer, probes)
+            self.records.append({"step": step, "suite": name, "score": round(result["score"], 4), "n": result["n"]})
+            logs[f"probe/{name}"] = result["score"]
+            parts.append(f"{name} {result['score']:.3f}")
+        if self.setup.sample_prompts:
+            ids = [chat_ids(self.tokenizer, [{"role": "user", "content": p}]) if self.setup.chat else text_ids(self.tokenizer, p)
+                   for p in self.setup.sample_prompts]
+            replies = generate_from_ids(model, self.tokenizer, ids, self.setup.max_new_tokens)
+            self.samples += [{"step": step, "prompt": p, "reply": r} for p, r in zip(self.setup.sample_prompts, replies)]
+        if parts:
+            say(f"{self.setup.stage:9s} step {step:>5}/{self.setup.total_steps} | probes: {', '.join(parts)}")
+        if logs:
+            # self.trainer.log clears should_log; the step's own loss log must still happen.
+            should_log = control.should_log
+            self.trainer.log(logs)
+            control.should_log = should_log
 
-        def observe(self, loss: Any) -> None:
-            self.micro_losses.append(loss.detach().float().reshape(()))
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self.run(0, model, control)
 
-        def on_train_begin(self, args, state, control, lr_scheduler=None, optimizer=None, **kwargs):
-            self.micro_losses = []
-            if self.lr_scale != 1.0 and lr_scheduler is not None:
-                inner = getattr(lr_scheduler, "scheduler", lr_scheduler)
-                inner.base_lrs = [lr * self.lr_scale for lr in inner.base_lrs]
-                for group in optimizer.param_groups:
-                    group["lr"] *= self.lr_scale
-
-        def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
-            step = state.global_step + 1
-            if not self.micro_losses:
-                return
-            loss = torch.stack(self.micro_losses).mean()
-            # The trainer's own pre-clipping norm (see the _get_grad_norm wrapper below): no second
-            # pass over every gradient.
-            grad_norm = self.grad_norm
-            if grad_norm is None:
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                grad_norm = torch.nn.utils.get_total_norm(grads) if grads else 0.0
-            grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=loss.device)
-            self.grad_norm = None
-            self.micro_losses = []
-            values = torch.stack([loss.to(grad_norm.device), (~torch.isfinite(grad_norm)).float()])
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                # Every process must take the same decision or the replicas drift apart.
-                torch.distributed.all_reduce(values)
-                values[0] /= torch.distributed.get_world_size()
-            loss_value, bad_grads = values[0].item(), values[1].item() > 0
-            reference = statistics.median(self.recent) if len(self.recent) >= min(10, cfg.spike_window) else None
-            kind = None
-            if bad_grads or not torch.isfinite(values[0]):
-                kind = "nan"
-            # A ratio to the median means nothing for losses that reach 0 or below (hinge, robust DPO).
-            elif spikes and reference is not None and reference > 0 and loss_value > cfg.spike_factor * reference:
-                kind = "spike"
-            if kind is None and step not in self.skip_steps:
-                self.recent.append(loss_value)
-                return
-            for group in optimizer.param_groups:
-                group["lr"] = 0.0  # the scheduler sets it again after this step
-            for p in model.parameters():
-                if p.grad is not None:
-                    p.grad.zero_()  # a NaN gradient would poison Adam's moments even at lr 0
-            if step in self.skip_steps:
-                say(f"{stage:9s} step {step}: update dropped (the batch that diverged before)")
-                return
-            action = cfg.on_anomaly
-            self.anomalies.append({"step": step, "kind": kind, "loss": loss_value, "reference": reference, "action": action})
-            say(f"{stage:9s} step {step}: loss {loss_value:.4g} is {'not finite' if kind == 'nan' else 'a spike'}"
-                + (f" (median of recent steps {reference:.4g})" if reference else "") + f"; update dropped, policy: {action}")
-            if action == "skip":
-                return
-            self.pending, self.bad_step = action, step
-            control.should_training_stop = True
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.pending is not None:
-                # Nothing from the anomalous step is saved or evaluated.
-                control.should_save = control.should_evaluate = False
-                control.should_training_stop = True
-
-        def prepare_rollback(self) -> None:
-            self.skip_steps.add(self.bad_step)
-            self.rollbacks += 1
-            self.lr_scale *= cfg.rollback_lr_factor
-            self.pending = None
-
-    guard = Guard()
-    original = trainer.training_step
-
-    def training_step(*args: Any, **kwargs: Any) -> Any:
-        loss = original(*args, **kwargs)
-        guard.observe(loss)
-        return loss
-
-    trainer.training_step = training_step
-    original_norm = getattr(trainer, "_get_grad_norm", None)
-    if original_norm is None:  # another transformers version: the guard computes the norm itself
-        return guard
-
-    def get_grad_norm(*args: Any, **kwargs: Any) -> Any:
-        guard.grad_norm = original_norm(*args, **kwargs)
-        return guard.grad_norm
-
-    trainer._get_grad_norm = get_grad_norm
-    return guard
-
-
-def _probe_runner(trainer: Any, tokenizer: Any, setup: MonitorSetup) -> Any:
-    from transformers import TrainerCallback
-
-
-    every = setup.probe_every
-
-    class ProbeRunner(TrainerCallback):
-        """Probe suites and sample generations before training, every `probe_every` steps and at the end."""
-
-        def __init__(self) -> None:
-            self.records: list[dict[str, Any]] = []
-            self.samples: list[dict[str, Any]] = []
-            self.done: set[int] = set()
-
-        def run(self, step: int, model: Any, control: Any) -> None:
-            if step in self.done:
-                return
-            self.done.add(step)
-            logs, parts = {}, []
-            for name, probes in setup.probe_suites.items():
-                result = score_suite(model, tokenizer, probes)
-                self.records.append({"step": step, "suite": name, "score": round(result["score"], 4), "n": result["n"]})
-                logs[f"probe/{name}"] = result["score"]
-                parts.append(f"{name} {result['score']:.3f}")
-            if setup.sample_prompts:
-                ids = [chat_ids(tokenizer, [{"role": "user", "content": p}]) if setup.chat else text_ids(tokenizer, p)
-                       for p in setup.sample_prompts]
-                replies = generate_from_ids(model, tokenizer, ids, setup.max_new_tokens)
-                self.samples += [{"step": step, "prompt": p, "reply": r} for p, r in zip(setup.sample_prompts, replies)]
-            if parts:
-                say(f"{setup.stage:9s} step {step:>5}/{setup.total_steps} | probes: {', '.join(parts)}")
-            if logs:
-                # trainer.log clears should_log; the step's own loss log must still happen.
-                should_log = control.should_log
-                trainer.log(logs)
-                control.should_log = should_log
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if state.global_step == 0:
-                self.run(0, model, control)
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            last = state.global_step >= setup.total_steps
-            if (every and state.global_step % every == 0) or last:
-                if not control.should_training_stop or last:
-                    self.run(state.global_step, model, control)
-
-    return ProbeRunner()
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        last = state.global_step >= self.setup.total_steps
+        if (self.setup.probe_every and state.global_step % self.setup.probe_every == 0) or last:
+            if not control.should_training_stop or last:
+                self.run(state.global_step, model, control)
 
 
 def attach_monitor(trainer: Any, setup: MonitorSetup, recipe: Any, tokenizer: Any, work_dir: Path) -> Monitor:
