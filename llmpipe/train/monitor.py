@@ -186,6 +186,7 @@ class ProbeRunner(TrainerCallback):
         self.done: set[int] = set()
 
     def run(self, step: int, model: Any, control: Any) -> None:
+        """Score the suites and generate the samples at `step` (once per step), and log the scores."""
         if step in self.done:
             return
         self.done.add(step)
