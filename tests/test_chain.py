@@ -145,7 +145,7 @@ def test_changed_settings_need_restart_and_failures_keep_the_old_checkpoint(micr
 
 def test_stage_result_lines_show_numbers_to_three_decimals(micro_run: Path):
     output = (micro_run.parent / RUN_OUTPUT).read_text(encoding="utf-8")
-    starts = ("tokenizer: vocab", "pretrain: validation loss", "sft: answer accuracy", "dpo (sigmoid): held-out")
+    starts = ("tokenizer: vocab", "pretrain: validation loss", "sft: held-out loss", "dpo (sigmoid): held-out")
     lines = [line for line in output.splitlines() if line.startswith(starts)]
     assert [next(s for s in starts if line.startswith(s)) for line in lines] == list(starts), output
     for line in lines:
