@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test catalogue docs bench bench-scale install clean
+.PHONY: demo test dist catalogue docs bench bench-scale install clean
 
 $(BIN)/llmpipe: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,14 @@ $(BIN)/llmpipe: pyproject.toml
 install: $(BIN)/llmpipe
 
 demo: install
-	$(BIN)/llmpipe run recipes/tiny.yaml
+	$(BIN)/llmpipe run tiny
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The sdist and the wheel (embedded data and recipes inside) in dist/, built with this venv's setuptools.
+dist: install
+	$(BIN)/python -m build --no-isolation --outdir dist .
 
 # Regenerate docs/bad-inputs.md from the bad-input catalogue (tests/bad_inputs_cases.py), by running it.
 catalogue: install
@@ -43,4 +47,4 @@ bench-scale: install
 	$(BIN)/python bench/data_scale.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache build dist

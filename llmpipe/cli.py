@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from llmpipe import __version__
 from llmpipe.core.console import quiet_libraries
 from llmpipe.core.errors import EXIT_USER_ERROR, UserError, os_error_line
 from llmpipe.registry import ALIGN_METHODS, RL_ALGORITHMS, RUN_ORDER, stage_for
@@ -22,14 +23,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help=f"Train a language model from raw text to an aligned chat model: {' → '.join(RUN_ORDER)}.",
+    help=f"Train a language model from raw text to an aligned chat model: {' → '.join(RUN_ORDER)}. (llmpipe {__version__})",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Data tools.")
 app.add_typer(data_app, name="data")
 
 RecipeArg = Annotated[
     list[str] | None,
-    typer.Argument(help="A recipe YAML (optional), then key=value overrides, e.g. recipes/tiny.yaml max_steps=50", show_default=False),
+    typer.Argument(help="A recipe (optional): a built-in name (llmpipe recipes) or a YAML file; then key=value overrides, "
+                   "e.g. tiny max_steps=50", show_default=False),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<recipe name>).")]
 FromOpt = Annotated[Path | None, typer.Option("--from", help="Parent checkpoint folder (default: the parent stage of the same run).")]
@@ -61,6 +63,19 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                   help="Print llmpipe's version and exit.")] = False) -> None:
+    # The app's own options; each command does the work.
+    pass
+
+
 def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
     args = list(args or [])
     if args and "=" not in args[0]:
@@ -76,7 +91,7 @@ def _load(args: list[str] | None, stage: str | None, device: str | None) -> Any:
         overrides.append(f"device={device}")
     for extra in overrides:
         if "=" not in extra:
-            raise UserError(f"'{extra}' is not key=value (only the first argument can be a recipe file)",
+            raise UserError(f"'{extra}' is not key=value (only the first argument can be a recipe)",
                             hint="write overrides like pretrain.max_steps=10")
     recipe = load_recipe(recipe_path, overrides, stage=stage)
     if recipe.device != "auto" or recipe.precision != "auto":
@@ -235,10 +250,13 @@ def eval_checkpoint(
             if value < 1:
                 raise UserError("must be >= 1", field=name)
         quiet_libraries()
+        from llmpipe.config.paths import resolve
         from llmpipe.eval.evaluate import evaluate, record, render
 
-        evaluation = evaluate(checkpoint, list(data or []), [str(p) for p in probes or []], against, samples, max_rows,
-                              batch_size, max_length, device)
+        # The recipe rule for paths given on the command line: the current folder, data/NAME falling
+        # back to the embedded data.
+        evaluation = evaluate(checkpoint, [resolve(d, None) for d in data or []], [resolve(str(p), None) for p in probes or []],
+                              against, samples, max_rows, batch_size, max_length, device)
         typer.echo(render(evaluation))
         typer.echo(f"written: {record(checkpoint, evaluation, json_out)}")
 
@@ -259,6 +277,28 @@ def keys(
             raise UserError(f"no key matches {grep!r}", field="--grep", hint="run 'llmpipe keys' to list them all")
         for doc in docs:
             typer.echo(doc.line())
+
+    _guard(False, action)
+
+
+@app.command()
+def recipes(
+    name: Annotated[str | None, typer.Argument(help="A built-in recipe to print, e.g. to copy and edit.", show_default=False)] = None,
+) -> None:
+    """List the built-in recipes, one line each (run one by name: llmpipe run tiny); with NAME, print it."""
+
+    def action() -> None:
+        from llmpipe.config.recipes import builtin_recipes, describe, find_recipe
+
+        known = builtin_recipes()
+        if name is not None:
+            # find_recipe gives the one-line error (with the nearest name) for one that is not built in.
+            path = known[name] if name in known else find_recipe(name)
+            typer.echo(path.read_text(encoding="utf-8"), nl=False)
+            return
+        width = max(map(len, known), default=0)
+        for recipe_name, path in known.items():
+            typer.echo(f"{recipe_name:<{width}}  {describe(path)}")
 
     _guard(False, action)
 

@@ -23,7 +23,7 @@ RUN_OUTPUT = "run-output.txt"
 
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch):
-    # Recipes name data/ relative to the repository root, as the README's commands run from there.
+    # Tests name data/ and recipes/ relative to the repository root (resolved from there, as overrides are).
     monkeypatch.chdir(ROOT)
 
 

@@ -6,12 +6,15 @@ import pytest
 from conftest import MICRO, invoke
 
 from llmpipe.config import all_keys, load_recipe
+from llmpipe.config.paths import embedded_data
 from llmpipe.core.errors import UserError
 
 
 def test_defaults_and_recipe_values():
     defaults = load_recipe(None)
-    assert defaults.model == "tiny" and defaults.pretrain.train_files == ["data/pretrain.train.jsonl"]
+    # The defaults name data/ and read the embedded file (llmpipe/config/paths.py), recorded as data/.
+    assert defaults.model == "tiny" and defaults.pretrain.train_files == [str(embedded_data() / "pretrain.train.jsonl")]
+    assert defaults.stage_config("pretrain")["pretrain"]["train_files"] == ["data/pretrain.train.jsonl"]
     micro = load_recipe(MICRO)
     assert micro.model == "micro" and micro.pretrain.max_steps == 8 and micro.tokenizer.vocab_size == 512
 

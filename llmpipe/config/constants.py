@@ -28,5 +28,5 @@ BAD_ROW_POLICIES = ("fail", "skip")
 # Settings that leave a stage's weights as they are (observers, speed): no retraining when only these differ.
 NOT_IDENTITY = ("gate", "monitor", "compile")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-# The embedded datasets' folder, relative to where llmpipe runs (the repository root in the README).
+# The embedded datasets' folder as recipes and defaults name it; llmpipe/config/paths.py finds it wherever llmpipe runs.
 DATA = "data"

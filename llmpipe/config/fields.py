@@ -28,12 +28,14 @@ def setting(
     choices: Sequence[str] | None = None,
     noun: str | None = None,
     why: str | None = None,
+    path: bool = False,
 ) -> Any:
     """A dataclass field for one recipe setting, with its help text and limits as metadata.
 
     `ge`/`gt`/`le`/`lt` bound a number (for a list: each item); `choices` lists the allowed values
     (for a list: of each item). `noun` names what a choice is ("model preset") for the error
-    message, `why` explains the bound in it ("the adapters' rank"). A list or dict default is copied
+    message, `why` explains the bound in it ("the adapters' rank"). `path` marks a file or folder setting
+    (or a list of them), read by the path rule of llmpipe/config/paths.py. A list or dict default is copied
     per instance. Without `help` the field only changes a default: `documented` then takes the help
     and limits of the same field in a base class.
     """
@@ -42,6 +44,8 @@ def setting(
     limits = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices is not None else None,
               "noun": noun, "why": why}
     meta = {key: value for key, value in limits.items() if value is not None}
+    if path:
+        meta["path"] = True
     if help is None and meta:
         raise TypeError("a setting that only changes a default takes its limits from the base class")
     if help is not None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmpipe.config.fields import leaves, limits_text, value_at
+from llmpipe.config.paths import PATH_RULE
 from llmpipe.config.schema import Recipe
 
 
@@ -42,11 +43,16 @@ def yaml_text(value: Any) -> str:
     return str(value)
 
 
+def _help(meta: Any) -> str:
+    # A path setting says how its relative paths are read: the rule is the same for all of them.
+    return f"{meta['help']} {PATH_RULE}" if meta.get("path") else meta["help"]
+
+
 def key_docs(grep: str | None = None) -> list[KeyDoc]:
     """Every key's documentation, in recipe order; with `grep`, only lines holding it (any case)."""
     defaults = Recipe()
     docs = [KeyDoc(leaf.key, yaml_text(value_at(defaults, leaf.key)), limits_text(leaf.field.metadata, leaf.is_list),
-                   leaf.field.metadata["help"]) for leaf in leaves(Recipe)]
+                   _help(leaf.field.metadata)) for leaf in leaves(Recipe)]
     if grep:
         docs = [doc for doc in docs if grep.lower() in doc.line().lower()]
     return docs

@@ -1,4 +1,5 @@
-"""Reading a recipe: YAML file, dotted `key=value` overrides, type coercion, unknown-key suggestions.
+"""Reading a recipe: YAML file or built-in name, dotted `key=value` overrides, type coercion, paths,
+unknown-key suggestions.
 
 Values are coerced to the declared type and the recipe is checked (llmpipe/config/checks.py) before
 any heavy import, so a typo costs a second, not a training run.
@@ -9,32 +10,34 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llmpipe.config.checks import validate
+from llmpipe.config.fields import leaves, value_at
 from llmpipe.config.keys import all_keys
+from llmpipe.config.paths import map_paths, resolve, resolve_default
+from llmpipe.config.recipes import find_recipe
 from llmpipe.config.schema import Recipe
 from llmpipe.core.errors import UserError
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str | None = None) -> Recipe:
-    """Read a YAML recipe (or the defaults when `path` is None), apply `key=value` overrides, validate.
+    """Read a recipe (a YAML file, a built-in recipe's name, or the defaults when `path` is None), apply
+    `key=value` overrides, resolve its relative paths, validate.
 
     In a stage command, a bare key (`max_steps=10`, `lora.r=4`) means that stage's key (`pretrain.max_steps`);
-    dotted keys (`sft.learning_rate=1e-4`) and top-level keys (`seed=1`) work everywhere.
+    dotted keys (`sft.learning_rate=1e-4`) and top-level keys (`seed=1`) work everywhere. Relative paths
+    follow the rule of llmpipe/config/paths.py: the recipe file's folder, the current folder for overrides.
     """
     source = "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
-        source = str(path)
-        p = Path(path)
-        if p.is_dir():
-            raise UserError("is a folder, not a recipe file", file=source, hint="give the path of a YAML recipe, e.g. recipes/tiny.yaml")
-        if not p.is_file():
-            raise UserError("recipe file not found", file=source, hint="give the path of a YAML recipe, e.g. recipes/tiny.yaml")
+        p = find_recipe(str(path))
+        source = str(p)
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
@@ -49,13 +52,44 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str |
         if not isinstance(loaded, dict):
             raise UserError("a recipe must be a YAML mapping of keys to values", file=source)
         raw = loaded
+    in_file = _dotted_keys(raw)
+    overridden: set[str] = set()
     for item in overrides:
         key, value = _parse_override(item, stage)
         _set_dotted(raw, key, value)
+        overridden |= {key} | _dotted_keys(value, f"{key}.")
     recipe = _build(Recipe, raw, prefix="", source=source)
     recipe.source = source
+    _resolve_paths(recipe, in_file, overridden, str(Path(source).parent) if path is not None else None)
     validate(recipe)
     return recipe
+
+
+def _dotted_keys(raw: Any, prefix: str = "") -> set[str]:
+    """Every dotted key given in nested YAML mappings (sections and leaves)."""
+    if not isinstance(raw, dict):
+        return set()
+    keys = set()
+    for key, value in raw.items():
+        keys |= {f"{prefix}{key}"} | _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _resolve_paths(recipe: Recipe, in_file: set[str], overridden: set[str], folder: str | None) -> None:
+    """Each path setting by where its value came from: an override (the current folder), the recipe
+    file (its folder), or the defaults (the embedded data)."""
+    for leaf in leaves(Recipe):
+        if not leaf.field.metadata.get("path"):
+            continue
+        section, _, name = leaf.key.rpartition(".")
+        if leaf.key in overridden:
+            convert = partial(resolve, base=None)
+        elif leaf.key in in_file:
+            convert = partial(resolve, base=folder)
+        else:
+            convert = resolve_default
+        owner = value_at(recipe, section) if section else recipe
+        setattr(owner, name, map_paths(getattr(owner, name), convert))
 
 
 def _parse_override(item: str, stage: str | None) -> tuple[str, Any]:

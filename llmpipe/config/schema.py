@@ -2,8 +2,9 @@
 
 A recipe is one YAML file with a few top-level keys (seed, model, device, precision) and one section
 per stage. Every key has a default that works, so an empty recipe trains the `tiny` model on the
-embedded `data/`. A stage section that only changes a default of TrainConfig writes it plainly
-(`max_steps: int = 300`): `documented` gives it TrainConfig's help and limits.
+embedded `data/` (wherever llmpipe runs: llmpipe/config/paths.py). A stage section that only changes a
+default of TrainConfig writes it plainly (`max_steps: int = 300`): `documented` gives it TrainConfig's
+help and limits.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from llmpipe.config.constants import (
     RL_ALGORITHMS,
 )
 from llmpipe.config.fields import documented, setting
+from llmpipe.config.paths import map_paths, portable
 from llmpipe.config.presets import PRESETS
 from llmpipe.registry import stage_for
 
@@ -40,9 +42,10 @@ class TokenizerConfig:
     """Byte-level BPE trained on the pretraining text."""
 
     train_files: list[str] = setting([f"{DATA}/pretrain.train.jsonl"],
-                                     "Text the tokenizer learns its merges from (files, folders, globs or hf: sources).")
+                                     "Text the tokenizer learns its merges from (files, folders, globs or hf: sources).",
+                                     path=True)
     validation_files: list[str] = setting([f"{DATA}/pretrain.validation.jsonl"],
-                                          "Held-out text on which the tokenizer's bytes per token is measured.")
+                                          "Held-out text on which the tokenizer's bytes per token is measured.", path=True)
     vocab_size: int = setting(4096, "Vocabulary size, the 256 byte tokens and the special tokens included.",
                               ge=260, le=1_000_000, why="256 bytes + special tokens")
     min_frequency: int = setting(2, "A pair of tokens must occur this often to become a merge.", ge=1)
@@ -110,9 +113,9 @@ class TrainConfig:
     """Data and optimisation settings every training stage shares."""
 
     train_files: list[str] = setting([], "Training data: files, folders, globs or "
-                                     "hf:NAME[:CONFIG][@SPLIT][#REVISION] sources.")
+                                     "hf:NAME[:CONFIG][@SPLIT][#REVISION] sources.", path=True)
     validation_files: list[str] = setting([], "Held-out data, in the same forms; empty: validation_fraction of "
-                                          "the train rows is held out.")
+                                          "the train rows is held out.", path=True)
     mixture_weights: list[float] = setting([], "Share of the training mix drawn from each train file (same "
                                            "order); empty: every row once.", gt=0)
     columns: dict[str, str] = setting({}, "Rename the data's own columns to llmpipe's, e.g. "
@@ -142,7 +145,7 @@ class TrainConfig:
     save_every: int = setting(100, "Steps between the checkpoints an interrupted stage resumes from.", ge=1)
     log_every: int = setting(10, "Steps between logged training metrics.", ge=1)
     probes: list[str] = setting([], "Probe suites (JSONL, see llmpipe/eval/probes.py) scored during training "
-                                "and protected for the next stage's regression gate.")
+                                "and protected for the next stage's regression gate.", path=True)
     probe_every: int = setting(0, "Steps between probe scorings; 0: at every evaluation.", ge=0,
                                why="0: at every evaluation")
     sample_prompts: list[str] = setting([], "Prompts whose greedy continuations are logged with the probes "
@@ -223,7 +226,7 @@ class AlignConfig(TrainConfig):
     rl: str = setting(RL_ALGORITHMS[0], "The RL algorithm of method rlhf (grpo and rloo name their own).",
                       choices=RL_ALGORITHMS)
     reward_model: str = setting("", "A finished reward stage folder: rlhf uses it instead of training one; "
-                                "grpo/rloo add it to their rules.")
+                                "grpo/rloo add it to their rules.", path=True)
     rewards: list[str] = setting([], "Rule rewards (llmpipe/rewards.py); empty: [exact_match] for grpo and "
                                  "rloo, none for rlhf (the reward model alone).", choices=REWARD_RULES, noun="reward")
     num_generations: int = setting(4, "Completions sampled per prompt; batch_size counts completions, so it "
@@ -317,7 +320,17 @@ class Recipe:
                       "monitor": dataclasses.asdict(self.monitor)}
         if spec.builds_model:  # later stages take their architecture from the parent
             shared["model"] = self.model
-        return {**shared, stage: dataclasses.asdict(getattr(self, stage))}
+        return {**shared, stage: _recorded(getattr(self, stage))}
+
+
+def _recorded(section: Any) -> dict[str, Any]:
+    """A section's settings as a stage records them: embedded data as `data/NAME`, not as the folder
+    llmpipe happens to be installed in (llmpipe/config/paths.py)."""
+    values = dataclasses.asdict(section)
+    for f in dataclasses.fields(section):
+        if f.metadata.get("path"):
+            values[f.name] = map_paths(values[f.name], portable)
+    return values
 
 
 def _trains_from(kind: Any) -> bool:

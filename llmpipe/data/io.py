@@ -42,7 +42,8 @@ def expand_paths(spec: str) -> list[Path]:
     elif path.is_file():
         return [path]
     else:
-        raise UserError("data file not found", file=spec, hint="check the path (relative paths start at the current folder)")
+        raise UserError("data file not found", file=spec,
+                        hint="check the path (a recipe file's relative paths start at its folder, an override's at the current folder)")
     if not found:
         raise UserError(f"no data files ({', '.join(SUFFIXES)}, optionally .gz) found here", file=spec,
                         hint="check the pattern or folder, or name the files")
