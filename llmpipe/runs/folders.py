@@ -31,6 +31,7 @@ from llmpipe.registry import command_for, stage_spec
 from llmpipe.runs.manifest import MANIFEST, Manifest, StageRef, manifest_sha, read_manifest, write_manifest
 from llmpipe.runs.seals import newest_valid_checkpoint
 
+
 def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> Path:
     """Find and check the parent checkpoint of `stage`: `--from` if given, else the run's own.
 

@@ -124,7 +124,7 @@ class Manifest:
         hints = typing.get_type_hints(cls)
         known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
         values: dict[str, Any] = {}
-        for name, f in known.items():
+        for name in known:
             if name not in raw:
                 continue
             value = _typed(raw[name], hints[name])
