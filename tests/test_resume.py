@@ -1,6 +1,7 @@
 """Resume that really resumes: a real `llmpipe` process killed with SIGKILL (or stopped with SIGTERM)
 mid-training, then rerun, gives the same loss sequence as an uninterrupted run (fp32 on CPU: equal
-to 1e-6, in practice bit for bit); a checkpoint broken by a kill mid-save is skipped by name."""
+to 1e-6, in practice bit for bit) and the same record (before-training measures, log history, tokens);
+a checkpoint broken by a kill mid-save is skipped by name."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from pathlib import Path
 import pytest
 from conftest import MICRO, ROOT, invoke, read_manifest
 
+from llmpipe.runs import Manifest
+from llmpipe.runs.folders import carry_record
 from llmpipe.runs.seals import SEAL
 
 COMMON = ["precision=fp32", "device=cpu", "log_every=1", "save_every=10", "warmup_steps=2", "probes=[]", "sample_prompts=[]"]
 # (stage command, parent stage, stage folder, settings): big enough batches that the kill lands mid-run.
 STAGES = {
     "pretrain": (["pretrain"], "tokenizer", "pretrain", ["max_steps=40", "batch_size=32", "eval_every=40"]),
-    "sft": (["sft"], "pretrain", "sft", ["max_steps=30", "batch_size=16", "eval_every=30", "accuracy_rows=0"]),
-    "dpo": (["align", "--method", "dpo"], "sft", "dpo", ["max_steps=30", "batch_size=8", "eval_every=30", "preference_rows=0"]),
+    "sft": (["sft"], "pretrain", "sft", ["max_steps=30", "batch_size=16", "eval_every=30", "accuracy_rows=4"]),
+    "dpo": (["align", "--method", "dpo"], "sft", "dpo", ["max_steps=30", "batch_size=8", "eval_every=30", "preference_rows=8"]),
 }
 
 
@@ -32,6 +35,18 @@ def _args(stage: str, parent: Path, out: Path) -> list[str]:
 
 def _losses(folder: Path) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in read_manifest(folder)["evals"] if "loss" in h}
+
+
+# What a log-history entry says about training; the rest (tokens/s, MFU, runtimes) are timings.
+LOGGED = ("loss", "eval_loss", "grad_norm", "learning_rate", "num_input_tokens_seen")
+
+
+def _record(folder: Path) -> tuple[dict[str, float], list[tuple[int, dict[str, float]]], int]:
+    """A finished stage's before-training measures, its log history and the tokens it trained on."""
+    manifest = read_manifest(folder)
+    before = {key: value for key, value in manifest["metrics"].items() if key.endswith("_before")}
+    history = [(h["step"], {key: h[key] for key in LOGGED if key in h}) for h in manifest["evals"]]
+    return before, history, manifest["summary"]["tokens"]
 
 
 def _run_until_checkpoint(args: list[str], checkpoints: Path, step: int, sig: int) -> subprocess.Popen:
@@ -55,6 +70,8 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_losses(stage: str, micro_run
     whole = invoke(*_args(stage, parent, tmp_path / "whole"))
     assert whole.exit_code == 0, whole.output
     expected = _losses(tmp_path / "whole" / folder)
+    before, history, tokens = _record(tmp_path / "whole" / folder)
+    assert any(value is not None for value in before.values()) and tokens > 0, before
 
     killed = tmp_path / "killed"
     checkpoints = killed / f".{folder}.partial" / "checkpoints"
@@ -64,12 +81,40 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_losses(stage: str, micro_run
 
     resumed = invoke(*_args(stage, parent, killed))
     assert resumed.exit_code == 0, resumed.output
-    assert "resuming from" in resumed.output
+    assert f"resuming from {checkpoints}/checkpoint-10" in resumed.output
     got = _losses(killed / folder)
-    first = min(got)
-    assert first > 10 and max(got) == max(expected)
+    assert sorted(got) == sorted(expected)
     for step, loss in got.items():
         assert loss == pytest.approx(expected[step], abs=1e-6), (step, loss, expected[step])
+    # The record is the uninterrupted run's: the "before" measures of the first segment, the log
+    # history of both segments, the tokens of all steps; only the timings differ.
+    got_before, got_history, got_tokens = _record(killed / folder)
+    assert got_before == before
+    assert [step for step, _ in got_history] == [step for step, _ in history]
+    for (step, logged), (_, wanted) in zip(got_history, history):
+        assert logged == pytest.approx(wanted, abs=1e-6), (step, logged, wanted)
+    assert got_tokens == tokens
+    segments = read_manifest(killed / folder)["segments"]
+    assert [(s["from_step"], s["to_step"]) for s in segments] == [(0, 10), (10, max(expected))]
+    summary = read_manifest(killed / folder)["summary"]
+    assert summary["wall_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in segments), abs=0.05)
+
+
+def test_carried_record_stops_at_the_checkpoint_and_can_be_carried_again():
+    # A work manifest whose run was killed during the save of step 20, which is not sealed: resume at 10.
+    previous = Manifest.from_dict({
+        "before": {"validation_loss": 6.2}, "evals": [{"step": s, "loss": 1.0} for s in (0, 5, 10, 15, 20)],
+        "probes": [{"step": 0}, {"step": 20}], "monitor": {"anomalies": [{"step": 12}]},
+        "segments": [{"from_step": 0, "to_step": 20, "wall_seconds": 3.0}], "metrics": {"x": 1}})
+    carried = Manifest()
+    carry_record(carried, previous, Path("checkpoint-10"))
+    assert (carried.before, carried.evals, carried.probes, carried.monitor, carried.segments, carried.metrics) == (
+        {"validation_loss": 6.2}, previous.evals[:3], [{"step": 0}], None,
+        [{"from_step": 0, "to_step": 10, "wall_seconds": 3.0}], {})
+    # Another process may read the manifest the first one rewrote: it carries the same record.
+    again = Manifest()
+    carry_record(again, carried, Path("checkpoint-10"))
+    assert again == carried
 
 
 def test_checkpoint_broken_mid_save_is_skipped_by_name(micro_run: Path, tmp_path: Path):

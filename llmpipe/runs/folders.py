@@ -175,39 +175,10 @@ class StageWriter:
                 manifest_sha256=parent_sha,
             ),
         )
-        segment = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started_epoch": self.started, "wall_seconds": None,
-                   "resumed_from": None if self.resume_from is None else self.resume_from.name}
         if self.previous is not None:
-            # What the interrupted run recorded up to its checkpoint is part of this stage's record.
             self.manifest.created = self.previous.created or self.manifest.created
-            self.manifest.before = self.previous.before
-            self.manifest.segments = [*self.previous.segments]
-            last = self.manifest.segments[-1] if self.manifest.segments else None
-            if last is not None and last.get("wall_seconds") is None and last.get("started_epoch") is not None:
-                # A killed process could not record its end: its last checkpoint is when it last made progress.
-                last["wall_seconds"] = round(self.resume_from.stat().st_mtime - last["started_epoch"], 2)
-        self.manifest.segments.append(segment)
+            carry_record(self.manifest, self.previous, self.resume_from)
         self.save_manifest()
-
-    def _resume_step(self) -> int:
-        return int(self.resume_from.name.split("-")[-1]) if self.resume_from is not None else 0
-
-    def carried_history(self) -> list[dict[str, Any]]:
-        """The interrupted run's log history up to the checkpoint this run resumed from."""
-        return self.carried("evals")
-
-    def carried(self, field_name: str) -> list[dict[str, Any]]:
-        """Entries of the interrupted run's `evals`, `probes` or `samples` up to the resumed checkpoint's step
-        (later ones are logged again by this run)."""
-        if self.previous is None:
-            return []
-        step = self._resume_step()
-        return [e for e in getattr(self.previous, field_name) if isinstance(e, dict) and e.get("step", 0) <= step]
-
-    def total_wall_seconds(self) -> float:
-        """Wall time of every run that trained this stage: earlier segments plus this one so far."""
-        earlier = sum(seg.get("wall_seconds") or 0 for seg in self.manifest.segments[:-1])
-        return earlier + time.time() - self.started
 
     def _check_existing(self, parent_sha: str | None) -> None:
         if not self.final_dir.exists():
@@ -277,8 +248,11 @@ class StageWriter:
                 files[path.name] = sha256_file(path)
         m = self.manifest
         m.status, m.finished, m.files, m.summary = "complete", time.strftime("%Y-%m-%dT%H:%M:%S%z"), files, summary
-        m.wall_seconds = round(self.total_wall_seconds(), 2)
-        m.segments[-1]["wall_seconds"] = round(time.time() - self.started, 2)
+        # This process's stage time plus the training time of the segments before it (a killed one could not
+        # record its set-up).
+        earlier = sum(seg.get("wall_seconds") or 0 for seg in m.segments[:-1])
+        m.wall_seconds = round(earlier + time.time() - self.started, 2)
+        m.before = {}  # kept for a resume only: the metrics hold the *_before values by now
         m.tokenizer_sha256, m.chat_template_sha256 = files.get("tokenizer.json"), files.get("chat_template.jinja")
         self.save_manifest()
         old = self.final_dir.with_name(f".{self.stage}.old")
@@ -307,3 +281,21 @@ class StageWriter:
             self.save_manifest()
         except OSError:
             pass  # a full disk cannot take the note either; the original error is what to report
+
+
+def carry_record(manifest: Manifest, previous: Manifest, checkpoint: Path) -> None:
+    """Continue an interrupted run's record in `manifest`: its before-training measures, and its log
+    history, probe scores, samples, anomalies and training segments up to the checkpoint resumed from
+    (`checkpoint-N`); what it logged after step N is logged again by the resumed run."""
+    step = int(Path(checkpoint).name.rsplit("-", 1)[-1])
+
+    def upto(entries: Any, key: str = "step") -> list[dict[str, Any]]:
+        return [e for e in entries or [] if isinstance(e, dict) and isinstance(e.get(key), int) and e[key] <= step]
+
+    manifest.before = dict(previous.before)
+    manifest.evals, manifest.probes, manifest.samples = upto(previous.evals), upto(previous.probes), upto(previous.samples)
+    anomalies = upto((previous.monitor or {}).get("anomalies"))
+    manifest.monitor = {"anomalies": anomalies} if anomalies else None
+    # A kill during a later save can leave a segment recorded past the checkpoint that is resumed.
+    manifest.segments = [{**seg, "to_step": min(seg.get("to_step", step), step)}
+                         for seg in upto(previous.segments, "from_step") if seg["from_step"] < step]

@@ -83,10 +83,11 @@ class Manifest:
                                        "checks: [{name, kind, parent, child, change, tolerance, passed}]}")
     monitor: dict[str, Any] | None = _doc("{peak_flops, peak_source, mfu, anomalies: [{step, kind, loss, reference, action}], "
                                           "rollbacks, train_seconds, compile_seconds}")
-    before: dict[str, Any] = _doc("held-out measures taken before the first training step, kept in the work folder so that "
-                                  "a resumed stage reports the same before → after as an uninterrupted one", factory=dict)
-    segments: list[dict[str, Any]] = _doc("one entry per process run that trained the stage: {started, wall_seconds, "
-                                          "resumed_from}", factory=list)
+    before: dict[str, Any] = _doc("held-out measures taken before the first training step, kept in the work folder's "
+                                  "manifest so that a resumed stage reports the same before → after as an uninterrupted "
+                                  "one; emptied when the stage completes (the metrics hold them)", factory=dict)
+    segments: list[dict[str, Any]] = _doc("the training segments, one per process run that trained the stage: {from_step, "
+                                          "to_step, wall_seconds}; summary.wall_seconds is their sum", factory=list)
     summary: dict[str, Any] | None = _doc("the stage's line of the final table: steps, tokens, wall_seconds, "
                                           "tokens_per_second, train_loss, val_loss, metric {name, before, after}")
     parameters: dict[str, Any] | None = _doc("{trainable, total, trainable_share} of the model as trained (with LoRA: "

@@ -112,6 +112,7 @@ def fit(ctx: StageContext, trainer: Any, tokenizer: Any, *, measure: Callable[[A
         spikes=spikes,
     )
     monitor = attach_monitor(trainer, setup, ctx.recipe, tokenizer, ctx.writer.work_dir)
+    monitor.carry(ctx.manifest)
     if not ctx.resumed:
         # Saved at once: a run killed after this point resumes with the same "before".
         ctx.manifest.before = {**(measure(trainer.model) if measure else {}),
@@ -133,6 +134,20 @@ def _train(ctx: StageContext, trainer: Any, tokenizer: Any, monitor: Monitor) ->
     if resume is not None:
         say(f"{writer.stage:9s} resuming from {resume}")
     started = time.time()
+    segment = {"from_step": int(resume.name.rsplit("-", 1)[-1]) if resume else 0, "to_step": None, "wall_seconds": None}
+    ctx.manifest.segments.append(segment)
+
+    def record() -> None:
+        # At every checkpoint save: the record so far goes into the work folder's manifest, so that a
+        # run killed after this checkpoint resumes with it (StageWriter carries it over).
+        segment.update(to_step=trainer.state.global_step, wall_seconds=round(time.time() - started, 2))
+        ctx.manifest.evals = monitor.history
+        ctx.manifest.monitor = {"anomalies": guard.anomalies}
+        if monitor.prober is not None:
+            ctx.manifest.probes, ctx.manifest.samples = monitor.prober.records, monitor.prober.samples
+        writer.save_manifest()
+
+    monitor.at_checkpoint(record)
     while True:
         unmark_evaluation_preparation(trainer)
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -162,10 +177,11 @@ def _train(ctx: StageContext, trainer: Any, tokenizer: Any, monitor: Monitor) ->
             "(a new value retrains from scratch) or set monitor.on_anomaly=rollback",
         )
     wall = time.time() - started
+    segment.update(to_step=trainer.state.global_step, wall_seconds=round(wall, 2))
     if monitor.compiled:
         say(f"{writer.stage:9s} torch.compile took about {monitor.progress.compile_seconds():.1f} s of the fit's {wall:.0f} s")
     state = trainer.state
-    history = writer.carried_history() + monitor.history
+    history = monitor.history
     # The loss of the last logging window says where training ended; the trainer's own
     # `training_loss` averages over the whole run, early high losses included.
     logged = [h["loss"] for h in history if "loss" in h]
@@ -197,17 +213,16 @@ def finish(ctx: StageContext, fitted: Fitted, tokenizer: Any, metric: dict[str, 
     manifest.protected = protect(writer.work_dir, heldout, cfg.probes, cfg.max_length)
     manifest.monitor = monitor.manifest()
     if monitor.prober is not None:
-        manifest.probes = writer.carried("probes") + monitor.prober.records
-        manifest.samples = writer.carried("samples") + monitor.prober.samples
+        manifest.probes = monitor.prober.records
+        manifest.samples = monitor.prober.samples
     gated = ctx.parent_dir is not None and ctx.spec.gated
     checked = run_gate(ctx.parent_dir, model, tokenizer, cfg.gate, cfg.batch_size) if gated else None
     if checked is not None:
         manifest.gate = checked
     val = fitted.final_eval.get("eval_loss") if val_loss is None else val_loss
     result = fitted.result
-    manifest.segments[-1]["fit_seconds"] = round(result.wall_seconds, 2)
-    # Training time over every segment (a killed one counts its wall time up to its last checkpoint).
-    fit_seconds = sum(seg.get("fit_seconds") or seg.get("wall_seconds") or 0 for seg in manifest.segments)
+    # Training time over every segment (a killed one's up to its last checkpoint).
+    fit_seconds = sum(seg.get("wall_seconds") or 0 for seg in manifest.segments)
     final = writer.finish({
         "steps": result.steps,
         "tokens": result.tokens,

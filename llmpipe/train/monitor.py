@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,21 @@ class Monitor:
         """Every log and evaluation of the fit, with step, tokens/s and MFU."""
         return self.progress.history
 
+    def carry(self, manifest: Any) -> None:
+        """Continue the record of an interrupted run, which the StageWriter carried into `manifest` up to
+        the checkpoint resumed from: its entries go before this run's (a fresh run carries none)."""
+        self.progress.history[:0] = manifest.evals
+        self.guard.anomalies[:0] = (manifest.monitor or {}).get("anomalies") or []
+        if self.prober is not None:
+            self.prober.records[:0] = manifest.probes
+            self.prober.samples[:0] = manifest.samples
+
+    def at_checkpoint(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` at every checkpoint save, before the checkpoint is sealed (the progress
+        callback is attached before the sealer): what it writes is on disk before there is a checkpoint
+        a resumed run could start from."""
+        self.progress.at_checkpoint = callback
+
     def manifest(self) -> dict[str, Any]:
         """The manifest's `monitor` entry."""
         rates = [h["mfu"] for h in self.history if h.get("mfu") is not None]
@@ -104,6 +120,7 @@ class Progress(TrainerCallback):
         self.train_seconds = 0.0
         self.span: list[float] = []
         self.bar: Any = None
+        self.at_checkpoint: Callable[[], None] | None = None
 
     def compile_seconds(self) -> float:
         """Time torch.compile added: what steps of over 3x the median step took beyond the median
@@ -135,6 +152,10 @@ class Progress(TrainerCallback):
         self.span[1:] = [time.perf_counter()]
         if self.bar is not None:
             self.bar.update(self.task, completed=state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.at_checkpoint is not None:
+            self.at_checkpoint()
 
     def on_train_end(self, args, state, control, **kwargs):
         if len(self.span) == 2:
