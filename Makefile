@@ -21,7 +21,9 @@ install: $(BIN)/llmpipe
 demo: install
 	$(BIN)/llmpipe run recipes/tiny.yaml
 
+# Lint first (rules in pyproject.toml's [tool.ruff]): a finding fails in a second, before the tests' minutes.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # Regenerate docs/bad-inputs.md from the bad-input catalogue (tests/bad_inputs_cases.py), by running it.

@@ -18,8 +18,8 @@ import pytest
 from bad_inputs_cases import CASES, DOC, REGENERATE, Case, Ctx, doc_rows, normalise, render_row
 from conftest import invoke
 
-from llmpipe.runs import manifest_sha, read_manifest
 from llmpipe.core.files import sha256_file
+from llmpipe.runs import manifest_sha, read_manifest
 
 RECORD = os.environ.get("LLMPIPE_WRITE_CATALOGUE")
 # A message says how to fix the mistake: a hint after " — ", or it states the rule itself.

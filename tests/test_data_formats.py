@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from llmpipe.core.errors import UserError
 from llmpipe.data.formats import to_chat, to_preference
 from llmpipe.data.io import SourceRow, read_rows
-from llmpipe.core.errors import UserError
 
 
 def row(data):

@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmpipe.core.errors import UserError
 from llmpipe.data.formats import CONVERTERS
 from llmpipe.data.io import SourceRow, read_rows
-from llmpipe.core.errors import UserError
 from llmpipe.eval.probes import load_suite
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)

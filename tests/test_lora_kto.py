@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import MICRO, invoke
 
-from llmpipe.runs import read_manifest
 from llmpipe.core.files import sha256_file
+from llmpipe.runs import read_manifest
 
 # Two steps, one small evaluation, no probes or gate: these tests are about the methods, and the
 # chain tests cover probes and the gate.
