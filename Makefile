@@ -21,7 +21,9 @@ install: $(BIN)/llmpipe
 demo: install
 	$(BIN)/llmpipe run tiny
 
+# Lint first (rules in pyproject.toml's [tool.ruff]): a finding fails in a second, before the tests' minutes.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # The sdist and the wheel (embedded data and recipes inside) in dist/, built with this venv's setuptools.

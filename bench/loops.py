@@ -7,7 +7,7 @@ Every loop returns {tokens, wall_seconds, tokens_per_second, mean_loss}: `tokens
 tokens, as the stages do; the wall clock covers the steps only. The loops run the model as
 transformers loads it (sdpa attention) on the layout a straightforward implementation would use
 (TRL's rows for SFT, padded pairs for DPO): the stages' narrow blocks and length-dispatched
-attention on CPU (llmpipe.train.packing, llmpipe.train.attention) are what they are measured
+attention on CPU (llmpipe.speed.packing, llmpipe.speed.attention) are what they are measured
 against, not part of the baseline.
 """
 
@@ -85,9 +85,9 @@ def pretrain(recipe: Any, tokenizer_dir: Path, steps: int) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
+    from llmpipe.data.blocks import token_blocks
     from llmpipe.data.pipeline import stream_text
     from llmpipe.models import build_config
-    from llmpipe.data.blocks import token_blocks
 
     cfg = recipe.pretrain
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -113,10 +113,10 @@ def sft(recipe: Any, parent_dir: Path, steps: int, work_dir: Path) -> dict[str, 
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
-    from llmpipe.data.pipeline import load_rows
     from llmpipe.chat_format import load_chat_tokenizer
-    from llmpipe.stages.sft import sft_arguments
+    from llmpipe.data.pipeline import load_rows
     from llmpipe.speed.packing import PackedBlockCollator
+    from llmpipe.stages.sft import sft_arguments
 
     cfg = recipe.sft
     tokenizer = load_chat_tokenizer(parent_dir)
@@ -158,8 +158,8 @@ def dpo(recipe: Any, parent_dir: Path, steps: int, work_dir: Path) -> dict[str, 
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from llmpipe.data.pipeline import load_rows
     from llmpipe.chat_format import load_chat_tokenizer
+    from llmpipe.data.pipeline import load_rows
     from llmpipe.train.args import placement
 
     cfg = recipe.align
@@ -200,12 +200,11 @@ def rl(recipe: Any, parent_dir: Path, reward_dir: Path, steps: int) -> dict[str,
     import torch
     from transformers import AutoModelForCausalLM
 
+    from llmpipe.chat_format import load_chat_tokenizer, set_generation_stops
     from llmpipe.data.pipeline import load_rows
     from llmpipe.eval.metrics import chat_ids, padded
     from llmpipe.stages.reward import load_reward_model
-    from llmpipe.chat_format import load_chat_tokenizer
     from llmpipe.train.args import placement
-    from llmpipe.chat_format import set_generation_stops
 
     cfg = recipe.align
     tokenizer = load_chat_tokenizer(parent_dir)

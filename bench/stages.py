@@ -59,7 +59,9 @@ def worker(kind: str, case: str, run_dir: Path, steps: int, overrides: list[str]
 
     from llmpipe.config import load_recipe
     from llmpipe.core.console import quiet_libraries
-    from llmpipe.runs import read_manifest
+    from llmpipe.pipeline import train_section, train_stage
+    from llmpipe.registry import REWARD_MODEL, TOKENIZER, stage_spec
+    from llmpipe.runs import read_manifest_json
 
     quiet_libraries()
     recipe = load_recipe(None, overrides)
@@ -69,13 +71,7 @@ def worker(kind: str, case: str, run_dir: Path, steps: int, overrides: list[str]
                                     f"align.reward_model={run_dir / 'reward'}"])
     parents = {"pretrain": run_dir / "tokenizer", "sft": run_dir / "pretrain", "dpo": run_dir / "sft", "rl": run_dir / "sft"}
     if kind == "setup":  # what the measured stages stand on, not measured
-        from llmpipe.stages import tokenizer as tokenizer_stage
-        from llmpipe.stages import reward
-
-        if case == "tokenizer":
-            tokenizer_stage.run(recipe, run_dir)
-        else:
-            reward.run(recipe, run_dir)
+        train_stage(stage_spec(TOKENIZER if case == "tokenizer" else REWARD_MODEL), recipe, run_dir)
         return {}
     if kind == "loop":
         with tempfile.TemporaryDirectory() as scratch:
@@ -86,10 +82,8 @@ def worker(kind: str, case: str, run_dir: Path, steps: int, overrides: list[str]
                 "rl": lambda: loops.rl(recipe, parents["rl"], run_dir / "reward", steps),
             }[case]()
     else:
-        from llmpipe.stages import align, pretrain, sft
-
-        runner = {"pretrain": pretrain.run, "sft": sft.run, "dpo": align.run, "rl": align.run}[case]
-        manifest = read_manifest(runner(recipe, run_dir, restart=True))  # a repeat replaces the last
+        section = {"pretrain": "pretrain", "sft": "sft", "dpo": "align", "rl": "align"}[case]
+        manifest = read_manifest_json(train_section(section, recipe, run_dir, restart=True))  # a repeat replaces the last
         summary = manifest["summary"]
         # Over the training steps, as the loop is timed; the fit's wall time also holds the set-up
         # before them and the final evaluation and checkpoint after (`fit_seconds`).

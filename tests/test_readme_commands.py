@@ -1,0 +1,253 @@
+"""The README's shell commands, run in README order with the micro recipe swapped in.
+
+Every command line of every ```sh / ```bash / ```shell / ```zsh block of README.md, and every `$ `
+line of a ```console block (continuation lines joined, comments dropped), is either run here through
+the in-process CLI or listed in EXCLUDED with the reason; a command that is neither fails the test, and
+so does an EXCLUDED or ISOLATED entry the README no longer has. `make demo` runs as the Makefile's
+demo command.
+
+The commands run verbatim in a sandbox that looks like the repository from the inside:
+- cwd is tmp/repo, holding a copy of data/ (`llmpipe data synth --out data` writes there) and
+  recipes/, where each recipe is the README's one overlaid with recipes/micro.yaml (micro's model,
+  sizes and steps; the recipe's own name, align method and data). So `recipes/tiny.yaml` is the micro
+  recipe named tiny, `recipes/grpo.yaml` micro-sized GRPO on the verifiable data, and run folders
+  such as runs/tiny, runs/rlhf and hf/tiny-dpo land in tmp; tmp/shared links to ../shared.
+- runs/tiny starts as a copy of the session's micro run: that run is exactly `llmpipe run
+  recipes/micro.yaml`, which is what `make demo` trains here, so `make demo` and the `llmpipe run`
+  after it find every stage complete (checked: nothing is retrained). runs/other, the README's
+  "another run", is a copy of it too. runs/grpo and runs/real start with the micro run's finished
+  stages that their recipes share (tokenizer and pretrain; grpo's sft too), so those commands train only
+  what is new to them. runs/rlhf gets tokenizer and pretrain only: `llmpipe run recipes/rlhf.yaml`
+  trains its own sft, so runs/tiny/sft is another checkpoint, as on a fresh clone. (Were they the same
+  files, the README's next command, RL `--from runs/tiny/sft --out runs/rlhf`, would find its stages
+  complete, and the one after it, `--rl grpo`, would be refused: runs/rlhf/rlhf already holds RLOO.)
+- The Commands block lists alternatives, not a script: after `llmpipe run`, the single-stage examples
+  with other settings (`pretrain max_steps=50`, a DPO with `loss_type=ipo`, a LoRA SFT, ...) would be
+  refused on the finished runs/tiny by design (exit 2: "already holds a finished pretrain trained with
+  other settings ... pass --restart"). Those in ISOLATED each run on their own copy of runs/tiny
+  without the stage they train (the state the example assumes), then runs/tiny is put back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+SHELL_BLOCKS = {"sh", "bash", "shell", "console", "zsh"}
+CHAT_INPUT = "What colour is the kettle?\n/reset\nWhat is 2 plus 3?\n/exit\n"
+
+EXCLUDED = {
+    "make test": "runs the whole test suite, this test included (about 4 minutes)",
+    "HF_HUB_OFFLINE=1 lm_eval --model hf --model_args pretrained=runs/tiny/sft,dtype=float32 --tasks llmpipe_colours "
+    "--include_path tests/fixtures/lm_eval_task --device cpu --batch_size 4 --output_path runs/tiny/lm_eval":
+        "not an llmpipe command; tests/test_lm_eval.py runs it on the micro SFT checkpoint (with --limit 10)",
+    "accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 8 -m llmpipe.cli run recipes/gpt2-124m.yaml":
+        "needs 8 CUDA GPUs and the GPU-sized gpt2-124m recipe",
+    "accelerate launch --config_file recipes/accelerate/ddp.yaml --num_machines 2 --num_processes 16 --machine_rank 0 "
+    "--main_process_ip HOST0 --main_process_port 29500 -m llmpipe.cli run recipes/gpt2-124m.yaml":
+        "needs two machines of 8 CUDA GPUs (HOST0) and the GPU-sized gpt2-124m recipe",
+    "OMP_NUM_THREADS=1 accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 2 -m llmpipe.cli run "
+    "recipes/micro.yaml --device cpu":
+        "two processes of a whole chain cost minutes on 2 cores; tests/test_scaleout.py runs this launch (same config, "
+        "2 processes, OMP_NUM_THREADS=1) stage by stage",
+}
+if not (ROOT.parent / "shared" / "data").is_dir():
+    EXCLUDED["llmpipe run recipes/tiny.yaml sft.train_files=../shared/data/alpaca.train.jsonl "
+             "sft.validation_files=../shared/data/alpaca.validation.jsonl align.train_files=../shared/data/hh_helpful_base.train.jsonl "
+             "align.validation_files=../shared/data/hh_helpful_base.validation.jsonl --out runs/real"] = "../shared/data is absent here"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread, as the README advises on a shared machine: on 2 busy cores, two threads per
+    process made these commands 20x slower (generation's small matrix products wait on each other)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+
+
+def _check_pretrain(run: Path) -> None:
+    assert _manifest(run / "pretrain")["summary"]["steps"] == 50
+
+
+def _check_sft_from_other(run: Path) -> None:
+    assert _manifest(run / "sft")["parent"]["path"] == str((run.parent / "other" / "pretrain").resolve())
+
+
+def _check_ipo(run: Path) -> None:
+    align = _manifest(run / "dpo")["config"]["align"]
+    assert (align["beta"], align["loss_type"]) == (0.2, "ipo")
+
+
+def _check_lora(run: Path) -> None:
+    assert _manifest(run / "sft")["config"]["sft"]["lora"]["r"] == 8 and (run / "sft" / "adapter").is_dir()
+
+
+# Command -> (stage folders runs/tiny lacks while it runs, a check of what it trained).
+ISOLATED: dict[str, tuple[tuple[str, ...], Callable[[Path], None]]] = {
+    "llmpipe pretrain recipes/tiny.yaml max_steps=50": (("pretrain", "sft", "dpo"), _check_pretrain),
+    "llmpipe sft recipes/tiny.yaml --from runs/other/pretrain": (("sft", "dpo"), _check_sft_from_other),
+    "llmpipe align recipes/tiny.yaml --method dpo beta=0.2 loss_type=ipo": (("dpo",), _check_ipo),
+    "llmpipe sft recipes/tiny.yaml lora.enabled=true lora.r=8": (("sft", "dpo"), _check_lora),
+}
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the README's shell blocks, in order, as shlex-normalised strings."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.finditer(r"^```(\w*)[^\n]*\n(.*?)^```", text, re.S | re.M):
+        if block.group(1) not in SHELL_BLOCKS:
+            continue
+        for line in block.group(2).replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if block.group(1) == "console":  # a session: commands after a `$ ` prompt, the rest is output
+                if not line.startswith("$ "):
+                    continue
+                line = line[2:]
+            words = shlex.split(line, comments=True)
+            if words:
+                commands.append(shlex.join(words))
+    return commands
+
+
+def make_demo_command() -> str:
+    """The command of the Makefile's demo target, as a user would type it."""
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M)
+    lines = [line.strip() for line in recipe.group(1).splitlines()]
+    assert len(lines) == 1 and lines[0].startswith("$(BIN)/llmpipe "), lines
+    return lines[0].removeprefix("$(BIN)/")
+
+
+def _overlay(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _overlay(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _sandbox(root: Path, micro_run: Path) -> Path:
+    repo = root / "repo"
+    shutil.copytree(ROOT / "data", repo / "data")
+    (repo / "recipes").mkdir()
+    micro = yaml.safe_load((ROOT / "recipes" / "micro.yaml").read_text(encoding="utf-8"))
+    for path in (ROOT / "recipes").glob("*.yaml"):
+        own = yaml.safe_load(path.read_text(encoding="utf-8"))
+        (repo / "recipes" / path.name).write_text(yaml.safe_dump({**_overlay(own, micro), "name": own["name"]}, sort_keys=False))
+    if (ROOT.parent / "shared").is_dir():
+        (root / "shared").symlink_to(ROOT.parent / "shared", target_is_directory=True)
+    runs = repo / "runs"
+    for name in ("tiny", "other"):
+        shutil.copytree(micro_run, runs / name)
+    # The finished stages these recipes share with the micro run (same settings, same data).
+    # Not runs/rlhf's sft: see the module docstring.
+    for name, stages in (("rlhf", ("tokenizer", "pretrain")), ("grpo", ("tokenizer", "pretrain", "sft")),
+                         ("real", ("tokenizer", "pretrain"))):
+        for stage in stages:
+            shutil.copytree(micro_run / stage, runs / name / stage)
+    # The files the eval and generate examples name: the probe suite is the README's own example.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (repo / "my_probes.jsonl").write_text(re.search(r"^```json\n(.*?)^```", readme, re.S | re.M).group(1), encoding="utf-8")
+    (repo / "my_chat.jsonl").write_text("".join((ROOT / "data" / "sft.validation.jsonl").read_text().splitlines(True)[:8]))
+    text = [json.loads(line)["text"] for line in (ROOT / "data" / "pretrain.validation.jsonl").read_text().splitlines()[:4]]
+    (repo / "my_text.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
+    (repo / "prompts.jsonl").write_text(json.dumps({"prompt": "What colour is the kettle?"}) + "\n"
+                                        + json.dumps({"prompt": [{"role": "user", "content": "What is 2 plus 3?"}]}) + "\n")
+    (repo / "prompts.txt").write_text("The kettle is\nMira lives in\n", encoding="utf-8")
+    return repo
+
+
+def _llmpipe(command: str):
+    from typer.testing import CliRunner
+
+    from llmpipe.cli import app
+
+    words = shlex.split(command)
+    assert words[0] == "llmpipe", command
+    return CliRunner().invoke(app, words[1:], input=CHAT_INPUT)
+
+
+def _isolated(repo: Path, command: str):
+    """Run `command` on a copy of runs/tiny without the stages it is about to train; put runs/tiny back."""
+    drop, check = ISOLATED[command]
+    run, kept = repo / "runs" / "tiny", repo / "runs" / ".tiny.kept"
+    run.rename(kept)
+    try:
+        shutil.copytree(kept, run, ignore=lambda folder, names: [n for n in names if Path(folder) == kept and n in drop])
+        result = _llmpipe(command)
+        if result.exit_code == 0:
+            check(run)
+        return result
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+        kept.rename(run)
+
+
+def test_readme_commands_are_all_run_or_excluded_for_a_reason():
+    commands = readme_commands()
+    assert "llmpipe run recipes/tiny.yaml" in commands and len(commands) > 20
+    for listed in (*EXCLUDED, *ISOLATED):
+        assert listed in commands, f"no longer in the README (update this test): {listed}"
+    for command in commands:
+        runnable = command.startswith("llmpipe ") or command == "make demo"
+        assert runnable or command in EXCLUDED, f"README command neither run nor excluded: {command}"
+    assert make_demo_command() == "llmpipe run recipes/tiny.yaml"
+
+
+def test_readme_commands_run_on_the_micro_recipe(micro_run: Path, tmp_path: Path, monkeypatch):
+    repo = _sandbox(tmp_path, micro_run)
+    monkeypatch.chdir(repo)
+    assert Path.cwd() == repo  # `llmpipe data synth --out data` must write into the sandbox's copy
+    demo = {stage: _manifest(repo / "runs" / "tiny" / stage)["created"] for stage in ("tokenizer", "pretrain", "sft", "dpo")}
+
+    ran, failed = [], []
+    for command in readme_commands():
+        if command in EXCLUDED:
+            continue
+        start = time.monotonic()
+        line = make_demo_command() if command == "make demo" else command
+        result = _isolated(repo, line) if line in ISOLATED else _llmpipe(line)
+        ran.append(f"{time.monotonic() - start:6.1f} s  {command}")
+        if result.exit_code != 0 or "Traceback" in result.output:
+            failed.append(f"{command}\n  exit {result.exit_code}: {result.output[-1500:]}")
+    print("\n".join(ran))
+    assert not failed, "README commands that failed:\n" + "\n".join(failed)
+
+    runs = repo / "runs"
+    # make demo and `llmpipe run` found the micro run complete: nothing was retrained.
+    assert {stage: _manifest(runs / "tiny" / stage)["created"] for stage in demo} == demo
+    assert _manifest(runs / "tiny" / "kto")["status"] == "complete"
+    assert (repo / "hf" / "tiny-dpo" / "model.safetensors").is_file() and not (repo / "hf" / "tiny-dpo" / "manifest.json").exists()
+    assert (runs / "tiny" / "report" / "report.md").is_file() and (runs / "tiny" / "report" / "report.html").is_file()
+    assert json.loads((runs / "tiny" / "dpo" / "eval.json").read_text())["against"] == str((runs / "tiny" / "sft").resolve())
+    # The regenerated embedded data is the committed data (seed 0).
+    for path in (ROOT / "data").iterdir():
+        assert (repo / "data" / path.name).read_bytes() == path.read_bytes(), f"llmpipe data synth changed {path.name}"
+    # RL: the last rlhf command reused the reward model for a GRPO policy; grpo.yaml trained grpo, then rloo.
+    policy = _manifest(runs / "rlhf" / "rlhf")
+    assert policy["metrics"]["algorithm"] == "grpo" and policy["reward_model"]["path"] == str((runs / "rlhf" / "reward").resolve())
+    assert _manifest(runs / "grpo" / "grpo")["metrics"]["rewards"] == ["exact_match"]
+    assert _manifest(runs / "grpo" / "rloo")["metrics"]["rewards"] == ["exact_match", "format", "length"]
+    if (runs / "real").exists():
+        sft = _manifest(runs / "real" / "sft")
+        assert [Path(f).name for f in sft["config"]["sft"]["train_files"]] == ["alpaca.train.jsonl"]
+        assert _manifest(runs / "real" / "dpo")["status"] == "complete"
+    replies = [json.loads(line) for line in (repo / "replies.jsonl").read_text().splitlines()]
+    assert len(replies) == 2 and all(set(r) >= {"prompt", "reply"} for r in replies)
+    assert not (runs / ".tiny.kept").exists()
