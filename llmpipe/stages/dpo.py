@@ -13,7 +13,7 @@ from llmpipe.eval.metrics import preference_accuracy
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import limit_rows
 from llmpipe.train.fit import finish, fit
-from llmpipe.train.preference import load_data, preference_trainer
+from llmpipe.train.preference import load_data, pair_metrics, preference_trainer
 
 
 def train(ctx: StageContext) -> Path:
@@ -35,11 +35,7 @@ def train(ctx: StageContext) -> Path:
         "validation_loss": final_eval.get("eval_loss"),
         "reward_accuracy": final_eval.get("eval_rewards/accuracies"),
         "reward_margin": final_eval.get("eval_rewards/margins"),
-        "preference_accuracy_before": before.get("accuracy"),
-        "preference_accuracy": after["accuracy"],
-        "logp_margin_before": before.get("mean_margin"),
-        "logp_margin": after["mean_margin"],
-        "preference_rows": after["rows"],
+        **pair_metrics(before, after),
     }
     say(
         f"dpo ({cfg.loss_type}): held-out preference accuracy {fmt_number(before.get('accuracy'))} -> {fmt_number(after['accuracy'])}; "

@@ -20,7 +20,7 @@ from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import limit_rows
 from llmpipe.train.fit import finish, fit
-from llmpipe.train.preference import load_data, preference_trainer
+from llmpipe.train.preference import load_data, pair_metrics, preference_trainer
 
 
 def train(ctx: StageContext) -> Path:
@@ -53,11 +53,7 @@ def train(ctx: StageContext) -> Path:
         "reward_chosen": final_eval.get("eval_rewards/chosen"),
         "reward_rejected": final_eval.get("eval_rewards/rejected"),
         "kl": final_eval.get("eval_kl"),
-        "preference_accuracy_before": before.get("pairs", {}).get("accuracy"),
-        "preference_accuracy": after["pairs"]["accuracy"],
-        "logp_margin_before": before.get("pairs", {}).get("mean_margin"),
-        "logp_margin": after["pairs"]["mean_margin"],
-        "preference_rows": after["pairs"]["rows"],
+        **pair_metrics(before.get("pairs", {}), after["pairs"]),
         "unpaired_accuracy_before": before.get("unpaired", {}).get("accuracy"),
         "unpaired_accuracy": after["unpaired"]["accuracy"],
         "unpaired_rows": after["unpaired"]["rows"],

@@ -73,3 +73,16 @@ def disk_dataset(rows: list[dict[str, Any]], folder: Path) -> Any:
             shutil.rmtree(folder, ignore_errors=True)
             Dataset.from_list(rows).save_to_disk(str(folder))
     return load_from_disk(str(folder))
+
+
+def pair_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The held-out pair measures every offline preference method reports, before → after: preference
+    accuracy and log-likelihood margin (eval.metrics.preference_accuracy results; `before` is {} when
+    nothing was measured)."""
+    return {
+        "preference_accuracy_before": before.get("accuracy"),
+        "preference_accuracy": after["accuracy"],
+        "logp_margin_before": before.get("mean_margin"),
+        "logp_margin": after["mean_margin"],
+        "preference_rows": after["rows"],
+    }
