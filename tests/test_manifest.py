@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import MICRO, invoke
+
 from llmpipe.runs import Manifest, StageRef, manifest_sha, read_manifest, write_manifest
 from llmpipe.runs.manifest import markdown
 
@@ -56,3 +58,22 @@ def test_a_damaged_manifest_reads_with_defaults(tmp_path):
     assert manifest.gate is None and manifest.evals == [] and manifest.wall_seconds is None
     (tmp_path / "manifest.json").write_text("[1, 2]")
     assert read_manifest(tmp_path) is None
+
+
+def test_a_run_folder_in_the_old_manifest_format_still_skips(micro_copy: Path):
+    """A run finished before the typed manifest (no `version`, no `before` / `segments`, absent fields
+    rather than nulls, the parent's sha256 over that JSON) is complete as it is: `run` skips every stage."""
+    order = ["tokenizer", "pretrain", "sft", "dpo"]
+    for name in order:
+        path = micro_copy / name / "manifest.json"
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        old = {k: v for k, v in manifest.items() if k not in ("version", "before", "segments") and v is not None}
+        if old.get("parent"):
+            old["parent"]["manifest_sha256"] = manifest_sha(micro_copy / old["parent"]["stage"])
+        path.write_text(json.dumps(old, indent=2), encoding="utf-8")
+    before = {name: (micro_copy / name / "manifest.json").read_text(encoding="utf-8") for name in order}
+    result = invoke("run", MICRO, "--out", str(micro_copy))
+    assert result.exit_code == 0, result.output
+    for name in order:
+        assert f"{name}: complete in {micro_copy / name}, skipping" in result.output
+        assert (micro_copy / name / "manifest.json").read_text(encoding="utf-8") == before[name]

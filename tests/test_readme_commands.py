@@ -2,8 +2,10 @@
 
 Every command line of every ```sh / ```bash / ```shell / ```zsh block of README.md, and every `$ `
 line of a ```console block (continuation lines joined, comments dropped), is either run here through
-the in-process CLI or listed in EXCLUDED with the reason; a command that is neither fails the test, and
-so does an EXCLUDED or ISOLATED entry the README no longer has. `make demo` runs as the Makefile's
+the in-process CLI or listed in EXCLUDED with the reason. A built-in recipe given by name (`llmpipe
+run tiny`) is the repository's recipes/NAME.yaml, so it reads as that path here (the sandbox's copy).
+A command that is neither run nor excluded fails the test, and so does an EXCLUDED or ISOLATED entry
+the README no longer has. `make demo` runs as the Makefile's
 demo command.
 
 The commands run verbatim in a sandbox that looks like the repository from the inside:
@@ -43,20 +45,25 @@ import yaml
 from conftest import ROOT
 
 SHELL_BLOCKS = {"sh", "bash", "shell", "console", "zsh"}
+BUILT_IN = {path.stem for path in (ROOT / "recipes").glob("*.yaml")}
 CHAT_INPUT = "What colour is the kettle?\n/reset\nWhat is 2 plus 3?\n/exit\n"
 
 EXCLUDED = {
     "make test": "runs the whole test suite, this test included (about 4 minutes)",
+    "make dist": "builds the wheel and sdist; tests/test_install.py builds them the same way",
+    "pip install 'dist/llmpipe-*.whl'": "tests/test_install.py installs the built wheel into a fresh virtual environment",
+    "cd '~/anywhere' '&&' llmpipe run tiny": "tests/test_install.py runs the installed llmpipe from an empty folder "
+                                             "(`llmpipe run micro`: the same code path, test-sized)",
     "HF_HUB_OFFLINE=1 lm_eval --model hf --model_args pretrained=runs/tiny/sft,dtype=float32 --tasks llmpipe_colours "
     "--include_path tests/fixtures/lm_eval_task --device cpu --batch_size 4 --output_path runs/tiny/lm_eval":
         "not an llmpipe command; tests/test_lm_eval.py runs it on the micro SFT checkpoint (with --limit 10)",
-    "accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 8 -m llmpipe.cli run recipes/gpt2-124m.yaml":
+    "accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 8 -m llmpipe.cli run gpt2-124m":
         "needs 8 CUDA GPUs and the GPU-sized gpt2-124m recipe",
     "accelerate launch --config_file recipes/accelerate/ddp.yaml --num_machines 2 --num_processes 16 --machine_rank 0 "
-    "--main_process_ip HOST0 --main_process_port 29500 -m llmpipe.cli run recipes/gpt2-124m.yaml":
+    "--main_process_ip HOST0 --main_process_port 29500 -m llmpipe.cli run gpt2-124m":
         "needs two machines of 8 CUDA GPUs (HOST0) and the GPU-sized gpt2-124m recipe",
     "OMP_NUM_THREADS=1 accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 2 -m llmpipe.cli run "
-    "recipes/micro.yaml --device cpu":
+    "micro --device cpu":
         "two processes of a whole chain cost minutes on 2 cores; tests/test_scaleout.py runs this launch (same config, "
         "2 processes, OMP_NUM_THREADS=1) stage by stage",
 }
@@ -123,8 +130,15 @@ def readme_commands() -> list[str]:
                 line = line[2:]
             words = shlex.split(line, comments=True)
             if words:
-                commands.append(shlex.join(words))
+                commands.append(shlex.join(by_path(words)))
     return commands
+
+
+def by_path(words: list[str]) -> list[str]:
+    """`llmpipe COMMAND NAME ...` with a built-in recipe NAME reads as recipes/NAME.yaml (see the module doc)."""
+    if len(words) > 2 and words[0] == "llmpipe" and words[1] != "recipes" and words[2] in BUILT_IN:
+        return [*words[:2], f"recipes/{words[2]}.yaml", *words[3:]]
+    return words
 
 
 def make_demo_command() -> str:
@@ -132,7 +146,7 @@ def make_demo_command() -> str:
     recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M)
     lines = [line.strip() for line in recipe.group(1).splitlines()]
     assert len(lines) == 1 and lines[0].startswith("$(BIN)/llmpipe "), lines
-    return lines[0].removeprefix("$(BIN)/")
+    return shlex.join(by_path(shlex.split(lines[0].removeprefix("$(BIN)/"))))
 
 
 def _overlay(base: dict, top: dict) -> dict:
@@ -161,6 +175,8 @@ def _sandbox(root: Path, micro_run: Path) -> Path:
                          ("real", ("tokenizer", "pretrain"))):
         for stage in stages:
             shutil.copytree(micro_run / stage, runs / name / stage)
+    # `llmpipe run my-recipe.yaml`: a recipe file of the user's own, here the (micro-sized) tiny recipe.
+    shutil.copyfile(repo / "recipes" / "tiny.yaml", repo / "my-recipe.yaml")
     # The files the eval and generate examples name: the probe suite is the README's own example.
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     (repo / "my_probes.jsonl").write_text(re.search(r"^```json\n(.*?)^```", readme, re.S | re.M).group(1), encoding="utf-8")
