@@ -1,1 +1,1 @@
-"""One module per training stage, each with a single public `run` entry."""
+"""Layer stages: one module per training stage, each with `train(ctx) -> Path`; llmpipe/registry.py declares them."""

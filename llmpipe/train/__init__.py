@@ -1,1 +1,1 @@
-"""Training plumbing shared by every stage: trainer arguments, device/precision, progress."""
+"""Layer train: trainer arguments, the one fit and finish, the monitor and guard, checkpoints' callbacks, LoRA."""
