@@ -56,7 +56,7 @@ def train_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, parent: str | Pa
 def train_section(section: str, recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
     """What a stage command trains: the section's stage, or for `align` the recipe's method, with the
     stages that method trains first (rlhf: its reward model, unless `align.reward_model` names one)."""
-    spec = stage_for(section, recipe.align.method if section == "align" else None)
+    spec = stage_for(section, recipe.align.method)  # the method matters to the align section only
     inputs: dict[str, Path] = {}
     if spec.online:
         if recipe.align.reward_model:  # checked before anything trains, so a wrong path costs a second

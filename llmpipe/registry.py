@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Recipe sections that train something, in run order. `reward` is trained by method rlhf, not by `run`.
-SECTIONS = ("tokenizer", "pretrain", "sft", "align", "reward")
-# The sections `llmpipe run` trains, in order (the align section trains the recipe's align.method).
+# The sections `llmpipe run` trains, in order (the align section trains the recipe's align.method; the
+# reward section is trained by method rlhf, not by `run`).
 RUN_ORDER = ("tokenizer", "pretrain", "sft", "align")
 
 
@@ -90,7 +89,7 @@ def section_stages(section: str) -> tuple[StageSpec, ...]:
 
 def stage_for(section: str, method: str | None = None) -> StageSpec:
     """The stage a command of `section` trains: the section's own stage, or the align method's."""
-    if section == "align":
+    if any(spec.method for spec in section_stages(section)):  # align: the recipe picks the method
         return STAGES[method or DEFAULT_METHOD]
     return next(spec for spec in STAGES.values() if spec.section == section and not spec.method)
 
