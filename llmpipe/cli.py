@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from llmpipe import __version__
-from llmpipe.core.console import quiet_libraries
+from llmpipe.core.console import is_main_process, quiet_libraries
 from llmpipe.core.errors import EXIT_USER_ERROR, UserError, os_error_line
 from llmpipe.registry import ALIGN_METHODS, RL_ALGORITHMS, RUN_ORDER, stage_for
 
@@ -104,8 +104,6 @@ def _load(args: list[str] | None, stage: str | None, device: str | None) -> Any:
 
 def _echo(text: str) -> None:
     # Under a distributed launch every process runs the command; one copy of the output is enough.
-    from llmpipe.core.console import is_main_process
-
     if is_main_process():
         typer.echo(text)
 
@@ -152,6 +150,9 @@ for _section in RUN_ORDER:
         app.command(_section)(_section_command(_section))
 
 
+# `data check`'s default: the section that reads chat rows (sft), the data users most often bring.
+CHAT_SECTION = next(section for section in RUN_ORDER if stage_for(section).data == "chat")
+
 MethodOpt = Annotated[str | None, typer.Option(help=f"Align method: {', '.join(ALIGN_METHODS)} (default: the recipe's).")]
 RLOpt = Annotated[str | None, typer.Option("--rl", help=f"RL algorithm of an RL method with a reward model: {' or '.join(RL_ALGORITHMS)} "
                                            "(default: the recipe's).")]
@@ -194,8 +195,6 @@ def run(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False,
 
 
 def _write_report(run_dir: Path) -> None:
-    from llmpipe.core.console import is_main_process
-
     # Under a distributed launch every process gets here; one of them writes the report.
     if is_main_process():
         from llmpipe.report import write_report
@@ -306,7 +305,7 @@ def recipes(
 @data_app.command("check")
 def data_check(
     args: RecipeArg = None,
-    stage: Annotated[str, typer.Option(help=f"The recipe section whose data to check: {', '.join(RUN_ORDER)}.")] = RUN_ORDER[2],
+    stage: Annotated[str, typer.Option(help=f"The recipe section whose data to check: {', '.join(RUN_ORDER)}.")] = CHAT_SECTION,
     out: OutOpt = None,
     tokenizer_dir: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: the run's).")] = None,
     examples: Annotated[int, typer.Option(help="Rows to show rendered as trained.")] = 3,

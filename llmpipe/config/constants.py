@@ -1,7 +1,7 @@
 """The names a recipe may choose from: stages, align methods, loss types, devices, reward rules.
 
 Plain tuples, so that the schema can declare them as a setting's choices and the modules that act on
-them (the stages, llmpipe/rewards.py) can check that they cover exactly these names.
+them (the stages, llmpipe/eval/rewards.py) can check that they cover exactly these names.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ DPO_LOSS_TYPES = (
     "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )
 NEEDS_LABEL_SMOOTHING = ("robust", "exo_pair")
-# Rule rewards of online RL; llmpipe/rewards.py implements one function per name (tests check both ways).
+# Rule rewards of online RL; llmpipe/eval/rewards.py implements one function per name (tests check both ways).
 REWARD_RULES = ("exact_match", "format", "length")
 PRECISIONS = ("auto", "bf16", "fp32")
 GATE_ACTIONS = ("stop", "warn", "off")

@@ -133,7 +133,7 @@ class TrainConfig:
     min_lr_ratio: float = setting(0.1, "Learning rate at the end of the cosine decay, as a share of the peak.",
                                   ge=0, le=1)
     # More warmup than steps is not an error: a short trial run (max_steps=5) keeps the recipe's warmup
-    # and the training arguments cap it (llmpipe/train/common.py).
+    # and the training arguments cap it (llmpipe/train/args.py).
     warmup_steps: int = setting(10, "Steps of linear warmup to the peak learning rate; a run of fewer steps "
                                 "warms up for all of them.", ge=0)
     weight_decay: float = setting(0.1, "AdamW weight decay.", ge=0)
@@ -227,7 +227,7 @@ class AlignConfig(TrainConfig):
                       choices=RL_ALGORITHMS)
     reward_model: str = setting("", "A finished reward stage folder: rlhf uses it instead of training one; "
                                 "grpo/rloo add it to their rules.", path=True)
-    rewards: list[str] = setting([], "Rule rewards (llmpipe/rewards.py); empty: [exact_match] for grpo and "
+    rewards: list[str] = setting([], "Rule rewards (llmpipe/eval/rewards.py); empty: [exact_match] for grpo and "
                                  "rloo, none for rlhf (the reward model alone).", choices=REWARD_RULES, noun="reward")
     num_generations: int = setting(4, "Completions sampled per prompt; batch_size counts completions, so it "
                                    "must be a multiple of this.", ge=2,

@@ -413,7 +413,7 @@ def _probe_rows(seed: int) -> dict[str, list[dict]]:
 
 
 def _verifiable_rows(seed: int) -> dict[str, list[dict]]:
-    """Prompt rows with a checkable `answer` for RL with rule rewards (llmpipe.rewards.exact_match).
+    """Prompt rows with a checkable `answer` for RL with rule rewards (llmpipe.eval.rewards.exact_match).
 
     Every question phrasing of every fact: train on the facts SFT trains on, validation on the
     held-out ones (the same split as SFT's, recomputed from a fresh `random.Random(seed)`). A separate

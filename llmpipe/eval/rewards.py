@@ -105,7 +105,7 @@ SCORERS: dict[str, Callable[[str, Any, bool], float | None]] = {
 # A recipe may name exactly the rules implemented here: a rule missing on either side would pass the
 # recipe check and fail mid-training, or never be offered.
 if set(SCORERS) != set(REWARD_RULES):
-    raise RuntimeError(f"llmpipe.rewards implements {sorted(SCORERS)} but the config offers {sorted(REWARD_RULES)}")
+    raise RuntimeError(f"llmpipe.eval.rewards implements {sorted(SCORERS)} but the config offers {sorted(REWARD_RULES)}")
 
 
 def score(name: str, reply: str, answer: Any = None, stopped: bool = True) -> float | None:

@@ -4,7 +4,7 @@ frozen SFT model.
 
 - rlhf: the reward is a reward model (trained first in runs/<run>/reward, or `align.reward_model`),
   optionally plus rule rewards; the algorithm is `align.rl` (rloo or grpo). Folder runs/<run>/rlhf.
-- grpo / rloo: the reward is the rule rewards of llmpipe/rewards.py (`align.rewards`, default
+- grpo / rloo: the reward is the rule rewards of llmpipe/eval/rewards.py (`align.rewards`, default
   exact_match against each row's `answer`), optionally plus a reward model. Folder runs/<run>/<method>.
 
 The policy generates with the chat template and stops at the end-of-turn token.

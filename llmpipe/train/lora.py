@@ -9,7 +9,7 @@ like any other stage, and nothing is merged by hand. The adapter names its base 
 by absolute path) in adapter_config.json; `llmpipe export --merge` merges it again from there.
 
 Use: `model = load_model(parent_dir)`, `peft = peft_config(cfg.lora, model, "sft")`, pass `peft_config=peft`
-to the TRL trainer; `llmpipe.train.common.fit` saves through `save_trained`.
+to the TRL trainer; `llmpipe.train.fit.fit` saves through `save_trained`.
 """
 
 from __future__ import annotations
