@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.data.shards import bos_prefix
 
 ROLES = ("system", "user", "assistant")
 
@@ -59,7 +60,7 @@ def generation_config(model: Any, sampling: Sampling) -> Any:
 def encode_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], raw: bool) -> list[int]:
     """Token ids of a prompt: chat messages through the chat template, or `<bos> text` when raw."""
     if raw:
-        return [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        return [*bos_prefix(tokenizer), *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

@@ -48,6 +48,25 @@ def load_chat_tokenizer(parent_dir: Path) -> Any:
     return tokenizer
 
 
+def ensure_chat_template(tokenizer: Any) -> list[str]:
+    """Give a tokenizer without a chat template llmpipe's, with the special tokens it uses (a pad token
+    too when it has none); returns the tokens added (the caller resizes the model's embeddings)."""
+    if tokenizer.chat_template:
+        return []
+    before = set(tokenizer.get_vocab())
+    extra = [token for token in (END_OF_TURN, *ROLE_TOKENS) if token not in before]
+    specials: dict[str, Any] = {"additional_special_tokens": extra} if extra else {}
+    if tokenizer.bos_token is None:
+        specials["bos_token"] = BOS
+    if tokenizer.eos_token is None:
+        specials["eos_token"] = EOS
+    if tokenizer.pad_token is None:
+        specials["pad_token"] = PAD
+    tokenizer.add_special_tokens(specials)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return sorted(set(tokenizer.get_vocab()) - before)
+
+
 def set_generation_stops(model: Any, tokenizer: Any) -> None:
     """Make generate() stop at the end-of-turn token as well as eos, and know the pad id."""
     end = tokenizer.convert_tokens_to_ids(END_OF_TURN)

@@ -17,7 +17,7 @@ import typer
 from llmpipe import __version__
 from llmpipe.core.console import is_main_process, quiet_libraries
 from llmpipe.core.errors import EXIT_USER_ERROR, UserError, os_error_line
-from llmpipe.registry import ALIGN_METHODS, RL_ALGORITHMS, RUN_ORDER, stage_for
+from llmpipe.registry import ALIGN_METHODS, BASE, RL_ALGORITHMS, RUN_ORDER, stage_for, stage_spec
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -34,7 +34,11 @@ RecipeArg = Annotated[
                    "e.g. tiny max_steps=50", show_default=False),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<recipe name>).")]
-FromOpt = Annotated[Path | None, typer.Option("--from", help="Parent checkpoint folder (default: the parent stage of the same run).")]
+FromOpt = Annotated[Path | None, typer.Option("--from", help="Parent checkpoint folder (default: the parent stage of the same run), "
+                                               "or a model to import as the run's base: a Hugging Face folder, "
+                                               "hf:ORG/NAME[@REVISION] or a .gguf file.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Let an imported model run its own Python code "
+                                        "(config.json auto_map); read that code first.")]
 RestartOpt = Annotated[bool, typer.Option("--restart", help="Retrain from scratch and replace a finished stage.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps (default: the recipe's, auto).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")]
@@ -115,11 +119,13 @@ def _run_dir(recipe: Any, out: Path | None) -> Path:
 
 
 def _stage_command(section: str, args: list[str] | None, out: Path | None, parent: Path | None,
-                   restart: bool, device: str | None, debug: bool, method: str | None = None) -> None:
+                   restart: bool, device: str | None, debug: bool, method: str | None = None, trust: bool = False) -> None:
     def action() -> None:
         overrides = list(args or [])
         if method is not None:
             overrides.append(f"align.method={method}")
+        if trust:
+            overrides.append(f"{stage_spec(BASE).section}.trust_remote_code=true")
         recipe = _load(overrides, section, device)
         run_dir = _run_dir(recipe, out)
         quiet_libraries()
@@ -136,8 +142,8 @@ def _section_command(section: str) -> Callable[..., None]:
     spec = stage_for(section)
     if spec.parents:
         def command(args: RecipeArg = None, out: OutOpt = None, parent: FromOpt = None, restart: RestartOpt = False,
-                    device: DeviceOpt = None, debug: DebugOpt = False) -> None:
-            _stage_command(section, args, out, parent, restart, device, debug)
+                    device: DeviceOpt = None, trust_remote_code: TrustOpt = False, debug: DebugOpt = False) -> None:
+            _stage_command(section, args, out, parent, restart, device, debug, trust=trust_remote_code)
     else:
         def command(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False, debug: DebugOpt = False) -> None:
             _stage_command(section, args, out, None, restart, None, debug)
@@ -148,6 +154,18 @@ def _section_command(section: str) -> Callable[..., None]:
 for _section in RUN_ORDER:
     if not stage_for(_section).method:
         app.command(_section)(_section_command(_section))
+
+SourceOpt = Annotated[str | None, typer.Option("--from", help="The model: a Hugging Face folder, hf:ORG/NAME[@REVISION] "
+                                               "or a .gguf file (default: the recipe's base).")]
+
+
+@app.command(stage_spec(BASE).section)
+def base(args: RecipeArg = None, source: SourceOpt = None, out: OutOpt = None, restart: RestartOpt = False,
+         trust_remote_code: TrustOpt = False, debug: DebugOpt = False) -> None:
+    """Import an existing model as the run's base stage (checked, weights linked not copied, sha256
+    recorded); every later stage can start from it, and `llmpipe run` on a recipe with `base:` does."""
+    _stage_command(stage_spec(BASE).section, args, out, Path(source) if source else None, restart, None, debug,
+                   trust=trust_remote_code)
 
 
 # `data check`'s default: the section that reads chat rows (sft), the data users most often bring.
@@ -162,12 +180,12 @@ RewardModelOpt = Annotated[str | None, typer.Option("--reward-model", help="A fi
 @app.command()
 def align(args: RecipeArg = None, method: MethodOpt = None, rl: RLOpt = None, reward_model: RewardModelOpt = None,
           out: OutOpt = None, parent: FromOpt = None, restart: RestartOpt = False, device: DeviceOpt = None,
-          debug: DebugOpt = False) -> None:
+          trust_remote_code: TrustOpt = False, debug: DebugOpt = False) -> None:
     """Align the SFT model: DPO (pairs) or KTO (unpaired good / bad replies) against the frozen SFT model,
     or online RL (rlhf: reward model, then RLOO or GRPO against it; grpo / rloo: rule rewards such as exact
     match), with a KL penalty to the SFT model."""
     chosen = [f"align.{key}={value}" for key, value in (("rl", rl), ("reward_model", reward_model)) if value is not None]
-    _stage_command("align", [*(args or []), *chosen], out, parent, restart, device, debug, method=method)
+    _stage_command("align", [*(args or []), *chosen], out, parent, restart, device, debug, method=method, trust=trust_remote_code)
 
 
 @app.command()

@@ -11,7 +11,7 @@ from typing import Any
 
 from llmpipe.config.presets import PRESETS
 
-__all__ = ["LORA_TARGETS", "PRESETS", "build_config", "count_parameters", "flops_per_token"]
+__all__ = ["LORA_TARGETS", "PRESETS", "build_config", "count_parameters", "flops_per_token", "model_context"]
 
 # LoRA's default target modules per model family (the checkpoint's `model_type`, so that `--from` any
 # GPT-2 works); every preset is GPT-2. GPT-2: the attention's fused q/k/v projection (c_attn),
@@ -44,6 +44,11 @@ def build_config(preset: str, tokenizer: Any) -> Any:
     )
 
 
+def model_context(config: Any) -> int:
+    """The longest sequence a model config allows (GPT-2's n_positions, max_position_embeddings elsewhere)."""
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048)
+
+
 def count_parameters(model: Any) -> int:
     """Number of distinct parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in model.parameters())
@@ -52,5 +57,7 @@ def count_parameters(model: Any) -> int:
 def flops_per_token(model: Any, seq_len: int) -> float:
     """Training FLOPs per token: 6 per non-embedding parameter plus attention (Kaplan et al. 2020)."""
     cfg = model.config
-    n_params = count_parameters(model) - cfg.n_positions * cfg.n_embd
-    return 6.0 * n_params + 12.0 * cfg.n_layer * cfg.n_embd * seq_len
+    width = getattr(cfg, "n_embd", None) or cfg.hidden_size
+    layers = getattr(cfg, "n_layer", None) or cfg.num_hidden_layers
+    positions = getattr(cfg, "n_positions", 0) * width  # learned position embeddings (GPT-2); rotary has none
+    return 6.0 * (count_parameters(model) - positions) + 12.0 * layers * width * seq_len

@@ -7,6 +7,7 @@ gives, when that stage trains, so that the CLI pays for TRL's import only when i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from llmpipe.core.console import say
 from llmpipe.core.errors import UserError, writing
 from llmpipe.eval.gate import regression_error
 from llmpipe.eval.probes import check_suites
-from llmpipe.registry import REWARD_MODEL, RUN_ORDER, STAGES, StageSpec, command_for, stage_for, stage_spec
+from llmpipe.registry import BASE, REWARD_MODEL, RUN_ORDER, STAGES, StageSpec, command_for, stage_for, stage_spec
 from llmpipe.runs import MANIFEST, StageWriter, manifest_sha, read_manifest, resolve_parent
 from llmpipe.runs.context import StageContext
-from llmpipe.runs.integrity import check_model_folder
+from llmpipe.runs.integrity import check_model_folder, verify_files
+from llmpipe.sources import fingerprint, is_model_source, locate
 
 
 def train_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False,
@@ -35,8 +37,15 @@ def train_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, parent: str | Pa
     parent_dir = resolve_parent(spec.name, run_dir, parent) if spec.parents else None
     parent_manifest = read_manifest(parent_dir) if parent_dir is not None else None
     if parent_manifest is not None and parent_manifest.stage in STAGES and stage_spec(parent_manifest.stage).language_model:
+        if stage_spec(parent_manifest.stage).imports:  # its weights are links: the source may have changed since
+            verify_files(parent_dir, parent_manifest)
         check_model_folder(parent_dir, max_length=cfg.max_length, max_length_key=f"{spec.section}.max_length", source=recipe.source)
     identity = {f"{name}_sha256": manifest_sha(folder) for name, folder in (inputs or {}).items()}
+    extra: dict[str, object] = {}
+    if spec.imports:  # the source's files decide an imported model: a changed source is a changed stage
+        located = locate(cfg.source, cfg.trust_remote_code)
+        identity["source_sha256"] = fingerprint(located)  # type: ignore[assignment]
+        extra["located"] = located
     writer = StageWriter(run_dir, spec.name, {**recipe.stage_config(spec.section), **identity}, parent=parent_dir, restart=restart)
     if writer.skip:
         say(f"{spec.name}: complete in {writer.final_dir}, skipping")
@@ -47,7 +56,7 @@ def train_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, parent: str | Pa
         return writer.final_dir
     module: Any = importlib.import_module(spec.module)
     ctx = StageContext(spec=spec, recipe=recipe, writer=writer, parent_dir=parent_dir,
-                       inputs={f"{name}_dir": folder for name, folder in (inputs or {}).items()})
+                       inputs={**{f"{name}_dir": folder for name, folder in (inputs or {}).items()}, **extra})
     # An OSError without a file name (a full disk in the middle of a save) names the stage's work folder.
     with writer, writing(writer.work_dir):
         return module.train(ctx)
@@ -55,8 +64,15 @@ def train_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, parent: str | Pa
 
 def train_section(section: str, recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False) -> Path:
     """What a stage command trains: the section's stage, or for `align` the recipe's method, with the
-    stages that method trains first (rlhf: its reward model, unless `align.reward_model` names one)."""
+    stages that method trains first (rlhf: its reward model, unless `align.reward_model` names one).
+
+    `parent` may also name a model llmpipe did not train (a Hugging Face folder, hf:ORG/NAME, a .gguf):
+    it is imported as the run's base stage first, and the section's stage starts from that."""
     spec = stage_for(section, recipe.align.method)  # the method matters to the align section only
+    if spec.imports:
+        return import_base(recipe, run_dir, parent, restart)
+    if is_model_source(parent):
+        parent = import_base(recipe, run_dir, parent, restart)
     inputs: dict[str, Path] = {}
     if spec.online:
         if recipe.align.reward_model:  # checked before anything trains, so a wrong path costs a second
@@ -88,8 +104,31 @@ def check_reward_folder(folder: str | Path, stage: str) -> Path:
 
 
 
+def import_base(recipe: Recipe, run_dir: Path, source: str | Path | None, restart: bool = False) -> Path:
+    """The run's base stage from `source` (else the recipe's base.source): imported, or skipped when the
+    same source (same files) is already there."""
+    if source is not None:
+        recipe = dataclasses.replace(recipe, base=dataclasses.replace(recipe.base, source=str(source)))
+    if not recipe.base.source:
+        raise UserError("no model to import", file=recipe.source, field="base.source",
+                        hint="pass --from a Hugging Face model folder, hf:ORG/NAME[@REVISION] or a .gguf file, or set base in the recipe")
+    return train_stage(stage_spec(BASE), recipe, run_dir, restart=restart)
+
+
+def run_sections(recipe: Recipe) -> tuple[str, ...]:
+    """The sections `llmpipe run` trains: all of them from scratch; from a base model, its section and
+    then the sections after pretraining, with continued pretraining only when the recipe asks for it."""
+    if not recipe.base.source:
+        return RUN_ORDER
+    # The tokenizer stage (no parents) is replaced by the base; pretraining (the stage that builds a model
+    # from scratch) runs only as continued pretraining on text the recipe names (pretrain.train_files).
+    kept = (s for s in RUN_ORDER if stage_for(s).parents and (not stage_for(s).builds_model or f"{s}.train_files" in recipe.given))
+    return (stage_spec(BASE).section, *kept)
+
+
 def run_recipe(recipe: Recipe, run_dir: Path, restart: bool = False) -> None:
     """Every section of `llmpipe run` in order, skipping stages already complete."""
-    check_suites(recipe, tuple(s for s in RUN_ORDER if stage_for(s).language_model))
-    for section in RUN_ORDER:
+    sections = run_sections(recipe)
+    check_suites(recipe, tuple(s for s in sections if stage_for(s).language_model and not stage_for(s).imports))
+    for section in sections:
         train_section(section, recipe, run_dir, restart=restart)

@@ -34,6 +34,7 @@ class StageSpec:
     gated: bool = True  # checked against its parent by the regression gate (a reward model has no likelihood)
     builds_model: bool = False  # builds its model from the recipe's `model` preset (so `model` is in its identity)
     language_model: bool = True  # leaves a causal LM (the tokenizer stage leaves only a tokenizer)
+    imports: bool = False  # takes its model from outside the run (a Hugging Face folder, hub id or GGUF), trains nothing
     module_name: str = ""  # the module under llmpipe/stages/ when not the stage's own name (the RL methods share one)
 
     @property
@@ -42,19 +43,23 @@ class StageSpec:
         return f"llmpipe.stages.{self.module_name or self.name}"
 
 
-_POLICY_PARENTS = ("sft", "dpo", "rlhf", "grpo", "rloo")
+# The base stage (an imported model) comes last among the parents: a run that trained the usual parent uses it.
+_POLICY_PARENTS = ("sft", "dpo", "rlhf", "grpo", "rloo", "base")
 
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in (
+        StageSpec("base", "base", (), "none", "import a Hugging Face model (folder, hf:ORG/NAME[@REVISION] or .gguf) as the "
+                  "start of the run", gated=False, imports=True),
         StageSpec("tokenizer", "tokenizer", (), "text", "byte-level BPE with a chat template, trained on the pretraining text",
                   gated=False, language_model=False),
-        StageSpec("pretrain", "pretrain", ("tokenizer",), "text", "next-token prediction on packed text from random init",
+        StageSpec("pretrain", "pretrain", ("tokenizer", "base"), "text",
+                  "next-token prediction on packed text, from random init or continued from a base model",
                   builds_model=True),
-        StageSpec("sft", "sft", ("pretrain", "sft"), "chat", "chat tuning, loss on assistant turns only"),
-        StageSpec("dpo", "align", ("sft", "dpo"), "preference", "DPO and its loss variants on preference pairs", method=True),
-        StageSpec("kto", "align", ("sft", "kto", "dpo"), "unpaired", "KTO on unpaired good / bad replies", method=True),
-        StageSpec("reward", "reward", ("sft", "dpo"), "preference", "a reward model (scalar head) on preference pairs",
+        StageSpec("sft", "sft", ("pretrain", "sft", "base"), "chat", "chat tuning, loss on assistant turns only"),
+        StageSpec("dpo", "align", ("sft", "dpo", "base"), "preference", "DPO and its loss variants on preference pairs", method=True),
+        StageSpec("kto", "align", ("sft", "kto", "dpo", "base"), "unpaired", "KTO on unpaired good / bad replies", method=True),
+        StageSpec("reward", "reward", ("sft", "dpo", "base"), "preference", "a reward model (scalar head) on preference pairs",
                   gated=False),
         StageSpec("rlhf", "align", _POLICY_PARENTS, "prompt", "RLOO or GRPO against a reward model", method=True, online=True,
                   trains_first=("reward",), module_name="rl"),
@@ -71,8 +76,10 @@ RL_METHODS = tuple(name for name, spec in STAGES.items() if spec.online)
 DEFAULT_METHOD = ALIGN_METHODS[0]
 # The RL algorithms of method rlhf (`align.rl`); methods grpo and rloo are each one of them on rule rewards.
 RL_ALGORITHMS = ("rloo", "grpo")
-# The stage every run starts with: it leaves the tokenizer (and chat template) every later stage uses.
+# The stage a run from scratch starts with: it leaves the tokenizer (and chat template) every later stage uses.
 TOKENIZER = "tokenizer"
+# The stage a run from an existing model starts with instead (no tokenizer stage: the model brings its own).
+BASE = "base"
 # The stage that trains a reward model (what `align.reward_model` must name, and what rlhf trains first).
 REWARD_MODEL = "reward"
 

@@ -141,6 +141,48 @@ def _disk_full_on_save(ctx: Ctx) -> None:
     ctx.monkeypatch.setattr("transformers.Trainer.save_model", _disk_full)
 
 
+def _hf_model(name: str, family: str = "llama", template: str = "chatml", edit: Callable[[Path], None] | None = None,
+              **config: Any) -> Callable[[Ctx], None]:
+    """A setup that writes a tiny Hugging Face model folder to `{tmp}/name`, then damages it."""
+
+    def setup(ctx: Ctx) -> None:
+        from hf_models import edit_config, make_model_folder
+
+        folder = make_model_folder(ctx.tmp / name, family, template)
+        if config:
+            edit_config(folder, **config)
+        if edit is not None:
+            edit(folder)
+
+    return setup
+
+
+def _other_tokenizer(folder: Path) -> None:
+    from hf_models import make_tokenizer
+
+    make_tokenizer("llama3", vocab_size=600).save_pretrained(folder)
+
+
+def _gguf_of(architecture: str) -> Callable[[Ctx], None]:
+    def setup(ctx: Ctx) -> None:
+        import gguf
+        import numpy as np
+
+        writer = gguf.GGUFWriter(str(ctx.tmp / "model.gguf"), architecture)
+        writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    return setup
+
+
+def _reward_stage_parent(ctx: Ctx) -> None:
+    parent = copy_stage(ctx, "sft", "parent")
+    _edit_manifest(parent, stage="reward")
+
+
 # Retrain a stage of the run copy: the failure must leave the finished one intact.
 INTO_RUN = ("--restart", "--out", "{run}")
 # A new run folder whose parent is the damaged copy in {tmp}/parent.
@@ -287,6 +329,40 @@ CASES: list[Case] = [
          '{tmp}/p.jsonl:2: "prompt" must be', write("p.jsonl", '{"prompt": "hi"}\n{"prompt": 5}\n'), run=True),
     Case("summary_missing", "summary of a run folder that does not exist", ("summary", "{tmp}/nowhere"),
          "{tmp}/nowhere: run folder not found"),
+    # --- models from elsewhere (the base stage) -------------------------------------------------------
+    Case("base_no_weights", "base model folder without weights", ("sft", MICRO, "--out", "{tmp}/out", "--from", "{tmp}/m"),
+         '{tmp}/m: "base.source" no weights (*.safetensors or *.bin) in the model folder',
+         _hf_model("m", edit=lambda f: (f / "model.safetensors").unlink())),
+    Case("base_no_config", "base model folder without config.json", ("base", "--out", "{tmp}/out", "--from", "{tmp}/m"),
+         '{tmp}/m: "base.source" no config.json: not a Hugging Face model folder',
+         _hf_model("m", edit=lambda f: (f / "config.json").unlink())),
+    Case("base_unknown_model_type", "base model of a model_type transformers does not know",
+         ("sft", MICRO, "--out", "{tmp}/out", "--from", "{tmp}/m"), '"model_type" unknown model_type \'blorp\'',
+         _hf_model("m", model_type="blorp")),
+    Case("base_remote_code", "base model that needs its own code, without --trust-remote-code",
+         ("sft", MICRO, "--out", "{tmp}/out", "--from", "{tmp}/m"), '"auto_map" this model needs its own Python code',
+         _hf_model("m", auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})),
+    Case("base_vocab_mismatch", "base model whose tokenizer has more tokens than the model has embeddings",
+         ("sft", MICRO, "--out", "{tmp}/out", "--from", "{tmp}/m"), '"vocab_size" the tokenizer has',
+         _hf_model("m", edit=_other_tokenizer)),
+    Case("base_classifier", "a reward model (sequence classifier) given as the base of SFT",
+         ("sft", MICRO, "--out", "{tmp}/out", "--from", "{tmp}/m"), '"architectures" is a LlamaForSequenceClassification',
+         _hf_model("m", architectures=["LlamaForSequenceClassification"])),
+    Case("sft_from_reward_stage", "a reward stage folder given as the parent of SFT",
+         ("sft", MICRO, *FROM_PARENT), "parent is a 'reward' checkpoint; sft starts from pretrain or sft or base",
+         _reward_stage_parent, run=True),
+    Case("base_hub_unreachable", "hf: model id that cannot be reached (offline, not in the cache)",
+         ("base", "--out", "{tmp}/out", "--from", "hf:acme/not-downloaded"),
+         '"base.source" cannot reach the Hugging Face hub for acme/not-downloaded'),
+    Case("base_hub_bad_id", "hf: model id that is not ORG/NAME", ("base", "--out", "{tmp}/out", "--from", "hf:not an id"),
+         "'hf:not an id' is not a hub model id"),
+    Case("base_gguf_architecture", "GGUF file of an architecture transformers cannot read",
+         ("sft", MICRO, "--out", "{tmp}/out", "--from", "{tmp}/model.gguf"),
+         "transformers cannot read GGUF architecture 'rwkv6'", _gguf_of("rwkv6")),
+    Case("base_gguf_garbage", "a .gguf file that is not GGUF", ("base", "--out", "{tmp}/out", "--from", "{tmp}/model.gguf"),
+         "{tmp}/model.gguf: \"base.source\" not a readable GGUF file", write("model.gguf", "not gguf\n")),
+    Case("base_nothing_given", "base stage without --from or base.source", ("base", "--out", "{tmp}/out"),
+         '"base.source" no model to import'),
     # --- the machine ----------------------------------------------------------------------------
     Case("disk_full_manifest", "disk full while writing a stage manifest", ("sft", MICRO, "learning_rate=1e-4", *INTO_RUN),
          "{run}/.sft.partial/manifest.json: No space left on device", _disk_full_on_manifest, run=True),

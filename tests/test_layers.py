@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("llmpipe.core", "llmpipe")),
     ("config", ("llmpipe.config", "llmpipe.registry")),
     ("runs", ("llmpipe.runs",)),
-    ("data, models, chat format", ("llmpipe.data", "llmpipe.models", "llmpipe.loading", "llmpipe.chat_format")),
+    ("data, models, chat format", ("llmpipe.data", "llmpipe.models", "llmpipe.loading", "llmpipe.chat_format", "llmpipe.sources")),
     ("eval", ("llmpipe.eval",)),
     ("speed", ("llmpipe.speed",)),
     ("train", ("llmpipe.train",)),

@@ -50,6 +50,8 @@ def check_data(recipe: Recipe) -> None:
     """Every stage has training data, and mixture weights match its train files one to one."""
     for section in STAGE_SECTIONS:
         cfg = getattr(recipe, section)
+        if not hasattr(cfg, "train_files"):  # an imported base model reads no data
+            continue
         _need(recipe, bool(cfg.train_files), f"{section}.train_files", "needs at least one file")
         if isinstance(cfg, TrainConfig):
             _need(recipe, not cfg.mixture_weights or len(cfg.mixture_weights) == len(cfg.train_files),

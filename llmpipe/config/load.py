@@ -51,18 +51,38 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str |
             loaded = {}
         if not isinstance(loaded, dict):
             raise UserError("a recipe must be a YAML mapping of keys to values", file=source)
-        raw = loaded
+        raw = _expand_shorthands(loaded)
     in_file = _dotted_keys(raw)
     overridden: set[str] = set()
     for item in overrides:
         key, value = _parse_override(item, stage)
+        short = _shorthand(key)
+        if short and not isinstance(value, dict):
+            key = f"{key}.{short}"
         _set_dotted(raw, key, value)
         overridden |= {key} | _dotted_keys(value, f"{key}.")
     recipe = _build(Recipe, raw, prefix="", source=source)
     recipe.source = source
+    recipe.given = tuple(sorted(in_file | overridden))
     _resolve_paths(recipe, in_file, overridden, str(Path(source).parent) if path is not None else None)
     validate(recipe)
     return recipe
+
+
+def _shorthand(key: str) -> str | None:
+    """The key a top-level section's plain value stands for (`base: PATH` is `base.source: PATH`), if it has one."""
+    kind = typing.get_type_hints(Recipe).get(key)
+    return getattr(kind, "SHORTHAND", None) if dataclasses.is_dataclass(kind) else None
+
+
+def _expand_shorthands(raw: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's top-level sections written as one plain value, expanded to their shorthand key."""
+    out = dict(raw)
+    for key, value in raw.items():
+        short = _shorthand(str(key))
+        if short and value is not None and not isinstance(value, dict):
+            out[key] = {short: value}
+    return out
 
 
 def _dotted_keys(raw: Any, prefix: str = "") -> set[str]:

@@ -38,6 +38,23 @@ CHAT_SAMPLES = ["What colour is the kettle?", "What is 2 plus 3?"]
 
 @documented
 @dataclass
+class BaseConfig:
+    """An existing model to start from instead of a tokenizer and pretraining from scratch.
+
+    In a recipe, `base: PATH` is short for `base.source: PATH`. The model becomes the run's `base` stage:
+    a folder that refers to the source's weights (verified by sha256, not copied) with the source's
+    tokenizer and chat template, which every later stage starts from."""
+
+    SHORTHAND: typing.ClassVar[str] = "source"  # `base: PATH` in a recipe means `base.source: PATH`
+
+    source: str = setting("", "A local Hugging Face model folder, hf:ORG/NAME[@REVISION] (downloaded through the hub "
+                          "cache) or a .gguf file; empty: train from scratch (tokenizer, then pretrain).", path=True)
+    trust_remote_code: bool = setting(False, "Let a model whose config.json maps its classes to its own Python code "
+                                      "(auto_map) run that code; read it first.")
+
+
+@documented
+@dataclass
 class TokenizerConfig:
     """Byte-level BPE trained on the pretraining text."""
 
@@ -298,6 +315,7 @@ class Recipe:
     precision: str = setting("auto", "auto: bf16 autocast where the hardware runs it natively, else fp32.",
                              choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile: ~1.2x faster steps after a first step that compiles.")
+    base: BaseConfig = field(default_factory=BaseConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -306,6 +324,9 @@ class Recipe:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     # Where the recipe came from, for error messages; not a setting.
     source: str = field(default="<defaults>", metadata={"internal": True})
+    # The dotted keys the recipe file and overrides gave (a run from a base model continues pretraining only
+    # when `pretrain.train_files` is one of them); not a setting.
+    given: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     def stage_config(self, stage: str) -> dict[str, Any]:
         """The settings that define a stage's result: its section plus the shared keys it uses.
@@ -315,6 +336,8 @@ class Recipe:
         """
         shared: dict[str, Any] = {}
         spec = stage_for(stage)
+        if spec.imports:  # an imported model is decided by its source alone (and the files' sha256, added by the pipeline)
+            return {stage: _recorded(getattr(self, stage))}
         if spec.language_model:  # tokenizer training depends on its data and sizes alone
             shared = {"seed": self.seed, "precision": self.precision, "compile": self.compile,
                       "monitor": dataclasses.asdict(self.monitor)}
@@ -334,7 +357,7 @@ def _recorded(section: Any) -> dict[str, Any]:
 
 
 def _trains_from(kind: Any) -> bool:
-    return isinstance(kind, type) and issubclass(kind, (TokenizerConfig, TrainConfig))
+    return isinstance(kind, type) and issubclass(kind, (BaseConfig, TokenizerConfig, TrainConfig))
 
 
 # The sections a stage trains from (what `stage_config` takes): every section of a tokenizer or

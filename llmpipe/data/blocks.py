@@ -15,7 +15,7 @@ from llmpipe.core.console import say
 from llmpipe.core.dist import main_process_first
 from llmpipe.core.files import sha256_file, sha256_text, write_json_atomic
 from llmpipe.data.io import file_record
-from llmpipe.data.shards import TokenBlockDataset, cached_token_shards
+from llmpipe.data.shards import TokenBlockDataset, bos_prefix, cached_token_shards
 
 
 def pack_blocks(tokenizer: Any, texts: list[str], block_size: int) -> tuple[Any, int]:
@@ -27,7 +27,7 @@ def pack_blocks(tokenizer: Any, texts: list[str], block_size: int) -> tuple[Any,
     ids: list[int] = []
     for start in range(0, len(texts), 256):
         for doc in tokenizer(texts[start : start + 256], add_special_tokens=False)["input_ids"]:
-            ids.append(tokenizer.bos_token_id)
+            ids.extend(bos_prefix(tokenizer))
             ids.extend(doc)
             ids.append(tokenizer.eos_token_id)
     n_blocks = len(ids) // block_size

@@ -14,6 +14,7 @@ from typing import Any
 from llmpipe.core.errors import UserError
 from llmpipe.data.clean import row_text
 from llmpipe.data.pipeline import heldout_texts, load_rows, stream_text
+from llmpipe.data.shards import bos_prefix
 from llmpipe.registry import TOKENIZER, command_for, stage_for
 
 LOSS_OPEN, LOSS_CLOSE = "[[", "]]"
@@ -38,7 +39,7 @@ def _marked(tokenizer: Any, ids: list[int], mask: list[int]) -> str:
 def _render(kind: str, row: dict[str, Any], tokenizer: Any) -> tuple[int, str]:
     """(token length, the row as trained with loss tokens marked)."""
     if kind == "text":
-        ids = [tokenizer.bos_token_id, *tokenizer(row["text"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        ids = [*bos_prefix(tokenizer), *tokenizer(row["text"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         return len(ids), _marked(tokenizer, ids, [1] * len(ids))
     if kind == "chat":
         out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)

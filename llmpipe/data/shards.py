@@ -63,6 +63,12 @@ def _remove_stale_builds(out_dir: Path) -> None:
             pass
 
 
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """What a document starts with: [bos], or nothing for tokenizers without one (Qwen, GPT-2 style), whose
+    documents are delimited by eos alone."""
+    return [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+
+
 def build_token_shards(
     texts: Iterable[str],
     tokenizer: Any,
@@ -74,14 +80,14 @@ def build_token_shards(
 ) -> dict:
     """Tokenize `texts` (consumed lazily) into `out_dir`/shard-*.bin and write meta.json last.
 
-    Each document becomes `<bos> ids <eos>`; ids are uint16 when the vocabulary fits, else uint32.
+    Each document becomes `<bos> ids <eos>` (no <bos> for a tokenizer without one); ids are uint16 when the vocabulary fits, else uint32.
     Every shard holds at most `shard_tokens` tokens. Only one batch of `batch_docs` documents and its
     ids are in memory at a time. `num_workers` >= 2 lets the Rust tokenizer use all cores.
     Returns the meta dict: dtype, shards [{file, tokens}], tokens, documents, bytes (UTF-8 of texts).
     """
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if bos is None or eos is None:
-        raise ValueError("the tokenizer needs a bos and an eos token to delimit documents")
+    bos, eos = bos_prefix(tokenizer), tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer needs an eos token to delimit documents")
     if shard_tokens < 1 or batch_docs < 1:
         raise ValueError("shard_tokens and batch_docs must be positive")
     dtype = np.uint16 if len(tokenizer) <= 65535 else np.uint32
@@ -105,7 +111,7 @@ def build_token_shards(
                 flat: list[int] = []
                 encoded = tokenizer(batch, add_special_tokens=False, return_attention_mask=False)
                 for ids in encoded["input_ids"]:
-                    flat.append(bos)
+                    flat.extend(bos)
                     flat.extend(ids)
                     flat.append(eos)
                 array = np.asarray(flat, dtype=dtype)

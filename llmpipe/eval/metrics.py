@@ -10,6 +10,8 @@ import copy
 import re
 from typing import Any
 
+from llmpipe.data.shards import bos_prefix
+
 
 def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
@@ -45,7 +47,7 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]], completion: list[di
 
 def text_ids(tokenizer: Any, text: str) -> list[int]:
     """Token ids of plain text as pretraining saw the start of a document: <bos> then the text."""
-    return [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+    return [*bos_prefix(tokenizer), *tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
 def padded(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[Any, Any]:

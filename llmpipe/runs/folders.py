@@ -42,9 +42,10 @@ def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> P
     if from_path is not None:
         parent = Path(from_path)
     else:
-        parent = Path(run_dir) / allowed[0]
-        if not parent.exists() and len(allowed) > 1 and (Path(run_dir) / allowed[1]).exists():
-            parent = Path(run_dir) / allowed[1]
+        # The run's own parent: the first of the allowed stages the run has (never the stage itself, which
+        # only `--from` can name), so a run from a base model finds its base where pretrain would be.
+        present = [name for name in allowed if name != stage and (Path(run_dir) / name).exists()]
+        parent = Path(run_dir) / (present[0] if present else allowed[0])
     _restore_interrupted_swap(parent)
     if parent.is_file():
         raise UserError("is a file; --from takes a stage folder", file=str(parent), field="--from",
@@ -161,6 +162,11 @@ class StageWriter:
             if self.resume_from is not None:
                 self.previous = read_manifest(self.work_dir)
         parent_manifest = read_manifest(self.parent) if self.parent is not None else None
+        parent_ref = None if self.parent is None else StageRef(
+            path=str(self.parent.resolve()),
+            stage=parent_manifest.stage if parent_manifest is not None else None,
+            manifest_sha256=parent_sha,
+        )
         self.manifest = Manifest(
             stage=self.stage,
             status="running",
@@ -169,11 +175,11 @@ class StageWriter:
             git_commit=git_commit(),
             config=self.config,
             seed=self.config.get("seed"),
-            parent=None if self.parent is None else StageRef(
-                path=str(self.parent.resolve()),
-                stage=parent_manifest.stage if parent_manifest is not None else None,
-                manifest_sha256=parent_sha,
-            ),
+            parent=parent_ref,
+            # The imported model the chain starts from, named by every stage after it.
+            base=parent_ref if parent_manifest is not None and parent_manifest.stage in STAGE_NAMES
+            and stage_spec(parent_manifest.stage).imports
+            else (parent_manifest.base if parent_manifest is not None else None),
         )
         if self.previous is not None:
             self.manifest.created = self.previous.created or self.manifest.created

@@ -15,7 +15,8 @@ from typing import Any
 
 from llmpipe.core.errors import UserError
 from llmpipe.core.files import sha256_file
-from llmpipe.runs.manifest import Manifest
+from llmpipe.registry import STAGES, stage_spec
+from llmpipe.runs.manifest import Manifest, read_manifest
 
 WEIGHTS = "model.safetensors"
 
@@ -50,15 +51,17 @@ def _check_weights(folder: Path) -> None:
     from safetensors import safe_open
 
     weights = folder / WEIGHTS
-    if not weights.is_file():
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))  # a large model's weights in parts
+    if not weights.is_file() and not shards:
         raise UserError(f"no {WEIGHTS} in the checkpoint folder", file=str(folder),
                         hint="llmpipe checkpoints keep their weights in safetensors; retrain the stage or restore the file")
-    try:
-        with safe_open(str(weights), framework="pt"):
-            pass  # the header (names, shapes, offsets) parses: the file is not truncated or foreign
-    except Exception as e:  # SafetensorError, and OSError for unreadable files
-        raise UserError(f"not a readable safetensors file ({str(e).splitlines()[0][:120]})", file=str(weights),
-                        hint="the file is damaged: restore it or retrain the stage") from None
+    for path in [weights] if weights.is_file() else shards:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass  # the header (names, shapes, offsets) parses: the file is not truncated or foreign
+        except Exception as e:  # SafetensorError, and OSError for unreadable files
+            raise UserError(f"not a readable safetensors file ({str(e).splitlines()[0][:120]})", file=str(path),
+                            hint="the file is damaged: restore it or retrain the stage") from None
 
 
 def check_model_folder(folder: Path, max_length: int | None = None, max_length_key: str | None = None,
@@ -71,7 +74,11 @@ def check_model_folder(folder: Path, max_length: int | None = None, max_length_k
     _check_weights(folder)
     model_vocab = config.get("vocab_size")
     tokens = tokenizer_vocab_size(folder)
-    if isinstance(model_vocab, int) and tokens != model_vocab:
+    manifest = read_manifest(folder)
+    # Released models often pad their embedding matrix past the tokenizer (Qwen: 151,936 rows for 151,665
+    # tokens) for faster matmuls; llmpipe's own models have exactly one row per token.
+    padded = manifest is not None and (manifest.base is not None or (manifest.stage in STAGES and stage_spec(manifest.stage).imports))
+    if isinstance(model_vocab, int) and (tokens > model_vocab or (tokens < model_vocab and not padded)):
         # More tokens than embeddings crashes on the first new id; fewer means the ids mean other
         # tokens than the model learned. Either way the tokenizer is not the model's own.
         raise UserError(
@@ -103,5 +110,9 @@ def verify_files(folder: Path, manifest: Manifest, skip: tuple[str, ...] = ()) -
             raise UserError("missing from the checkpoint (listed in its manifest.json)", file=str(path),
                             hint="restore the file or retrain the stage")
         if sha256_file(path) != recorded:
+            if path.is_symlink():  # an imported base model's weights, linked to where they came from
+                raise UserError(f"changed at its source {path.resolve()} since the base model was imported "
+                                "(sha256 does not match manifest.json)", file=str(path),
+                                hint="put the original back, or re-import it: rerun with --restart (its children retrain)")
             raise UserError("differs from the file the stage wrote (sha256 does not match manifest.json)", file=str(path),
                             hint="the file was edited or damaged after training: restore it or retrain the stage")

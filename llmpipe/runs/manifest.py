@@ -64,6 +64,12 @@ class Manifest:
                                   "uses (seed, precision, model, monitor, ...); compared before a stage is skipped", factory=dict)
     seed: int | None = _doc("the run's seed")
     parent: StageRef | None = _doc("the checkpoint this stage started from: {path, stage, manifest_sha256}")
+    source: dict[str, Any] | None = _doc("an imported base model: where it came from ({path} or {hub_id, revision, commit} "
+                                         "or a .gguf path), kind, model_type, architectures, parameters, dtype, licence, "
+                                         "chat_template (its own, or llmpipe's added with added_tokens and embeddings "
+                                         "resized from → to), linked (files that refer to the source rather than copy it)")
+    base: StageRef | None = _doc("the imported base model this stage descends from (every stage after a base stage "
+                                 "names it): {path, stage, manifest_sha256}")
     reward_model: StageRef | None = _doc("RL policies trained against a reward model: that reward stage, "
                                          "{path, stage, manifest_sha256}; its sha256 is also in config.reward_model_sha256")
     data: dict[str, Any] = _doc("the data report: rows read / kept / dropped by reason per file, file hashes, token counts",

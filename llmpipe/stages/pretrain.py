@@ -1,4 +1,6 @@
-"""Pretrain stage: next-token prediction on packed text blocks, from random initialisation."""
+"""Pretrain stage: next-token prediction on packed text blocks, from random initialisation (the recipe's
+model preset, with the tokenizer stage's tokenizer) or continued from an imported base model (with its own
+tokenizer)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from llmpipe.core.console import fmt_number, say
 from llmpipe.core.errors import UserError
 from llmpipe.data.blocks import BlockDataset, pack_blocks, token_blocks
 from llmpipe.data.pipeline import heldout_texts, stream_text
-from llmpipe.models import build_config, count_parameters, flops_per_token
+from llmpipe.models import build_config, count_parameters, flops_per_token, model_context
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import training_arguments
 from llmpipe.train.fit import build_trainer, finish, fit
+from llmpipe.train.lora import load_model
 
 
 def train(ctx: StageContext) -> Path:
@@ -25,11 +28,18 @@ def train(ctx: StageContext) -> Path:
     stream = stream_text(cfg, references)
 
     set_seed(recipe.seed)
-    model_config = build_config(recipe.model, tokenizer)
-    if cfg.max_length > model_config.n_positions:
+    # Continued pretraining starts from the parent's model (a base stage); from scratch, from the preset.
+    continued = (parent_dir / "config.json").is_file()
+    if continued:
+        model = load_model(parent_dir)
+        context, shape = model_context(model.config), f"{model.config.model_type} model from {parent_dir}"
+    else:
+        model_config = build_config(recipe.model, tokenizer)
+        context, shape = model_config.n_positions, f"{recipe.model} preset"
+    if cfg.max_length > context:
         raise UserError(
-            f"is {cfg.max_length} but the '{recipe.model}' preset has a context of {model_config.n_positions}",
-            file=recipe.source, field="pretrain.max_length", hint=f"set pretrain.max_length <= {model_config.n_positions}",
+            f"is {cfg.max_length} but the {shape} has a context of {context}",
+            file=recipe.source, field="pretrain.max_length", hint=f"set pretrain.max_length <= {context}",
         )
     train_blocks, ctx.manifest.data = token_blocks(cfg, tokenizer, parent_dir, stream, references)
     val_texts = [r["text"] for r in stream.validation]
@@ -44,9 +54,10 @@ def train(ctx: StageContext) -> Path:
     # Bits per byte makes validation loss comparable across tokenizers: nats/token × tokens/byte / ln 2.
     tokens_per_byte = val_tokens / sum(len(t.encode("utf-8")) for t in val_texts)
 
-    model = AutoModelForCausalLM.from_config(model_config)
+    if not continued:
+        model = AutoModelForCausalLM.from_config(model_config)
     n_params = count_parameters(model)
-    say(f"pretrain: {recipe.model} preset, {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks "
+    say(f"pretrain: {shape}, {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks "
         f"of {cfg.max_length} tokens, {len(val_blocks)} validation blocks")
 
     args = training_arguments(TrainingArguments, cfg, recipe, writer, include_num_input_tokens_seen="all")

