@@ -105,7 +105,9 @@ def run_trl(base: Path, args: argparse.Namespace, scratch: Path) -> dict[str, An
     wall = time.time() - started
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
-    logs = [json.loads(m.replace("'", '"')) for m in re.findall(r"\{'loss'[^}]*\}|\{'train_runtime'[^}]*\}", done.stdout)]
+    # TRL prints each log as a dict of strings: {'loss': '2.714', ..., 'num_tokens': '872'}.
+    logs = [{k: float(v) for k, v in json.loads(m.replace("'", '"')).items()}
+            for m in re.findall(r"\{'loss'[^}]*\}|\{'train_runtime'[^}]*\}", done.stdout)]
     tokens = max((entry.get("num_tokens", 0) for entry in logs), default=0)
     runtime = next((entry["train_runtime"] for entry in logs if "train_runtime" in entry), wall)
     return {"tokens": tokens, "train_seconds": runtime, "tokens_per_second": tokens / runtime if runtime else None,
@@ -178,7 +180,9 @@ def main() -> None:
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
-    return f"{value:.3f}" if isinstance(value, float) and abs(value) < 100 else f"{value:,.0f}" if isinstance(value, (int, float)) else str(value)
+    if isinstance(value, float) and abs(value) < 100:
+        return f"{value:.3f}"
+    return f"{value:,.0f}" if isinstance(value, (int, float)) else str(value)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,13 @@ def check_folder(folder: Path, trust_remote_code: bool) -> dict[str, Any]:
         raise UserError("this model needs its own Python code (config.json has auto_map) to load", file=path,
                         field="auto_map", hint="read that code, then pass --trust-remote-code (or trust_remote_code=true)")
     model_type = config.get("model_type")
-    if not config.get("auto_map") and model_type not in CONFIG_MAPPING:
+    if config.get("auto_map") and model_type not in CONFIG_MAPPING:
+        # Every stage loads and saves through transformers' own classes (what vLLM, llama.cpp's converter and
+        # lm-evaluation-harness read too); a model that exists only as its own code cannot be trained that way.
+        raise UserError(f"model_type '{model_type}' exists only as the model's own code, which llmpipe does not train",
+                        file=path, field="model_type", hint="pass a model of a family transformers implements "
+                        "(llama, qwen2, qwen3, mistral, gemma, phi3, gpt2, ...)")
+    if model_type not in CONFIG_MAPPING:
         raise UserError(f"unknown model_type '{model_type}': this transformers cannot build it", file=path, field="model_type",
                         hint="upgrade transformers, or pass a model of a family it knows "
                         "(llama, qwen2, qwen3, mistral, gemma, phi3, gpt2, ...)")

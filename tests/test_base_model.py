@@ -139,3 +139,18 @@ def test_a_recipe_names_its_base_relative_to_itself(llama_folder, tmp_path):
     with_text = load_recipe(recipe, ["pretrain.train_files=[data/pretrain.train.jsonl]"])
     assert run_sections(with_text) == ("base", "pretrain", "sft", "align")
     assert run_sections(load_recipe(None)) == ("tokenizer", "pretrain", "sft", "align")
+
+
+def test_remote_code_needs_consent_and_then_loads_with_transformers_own_classes(tmp_path):
+    from hf_models import edit_config
+
+    source = make_model_folder(tmp_path / "model", "llama", "chatml")
+    edit_config(source, auto_map={"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
+    refused = invoke("base", "--from", str(source), "--out", str(tmp_path / "run"))
+    assert refused.exit_code == 2 and "--trust-remote-code" in refused.output
+    result = invoke("base", "--from", str(source), "--out", str(tmp_path / "run"), "--trust-remote-code")
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert "auto_map" not in json.loads((tmp_path / "run" / "base" / "config.json").read_text())
+    assert read_manifest(tmp_path / "run" / "base")["source"]["remote_code"] == "replaced by transformers' own llama classes"

@@ -49,8 +49,9 @@ class BaseConfig:
 
     source: str = setting("", "A local Hugging Face model folder, hf:ORG/NAME[@REVISION] (downloaded through the hub "
                           "cache) or a .gguf file; empty: train from scratch (tokenizer, then pretrain).", path=True)
-    trust_remote_code: bool = setting(False, "Let a model whose config.json maps its classes to its own Python code "
-                                      "(auto_map) run that code; read it first.")
+    trust_remote_code: bool = setting(False, "Import a model whose config.json maps its classes to its own Python code "
+                                      "(auto_map; the tokenizer's code may run): read that code first. Its family must be "
+                                      "one transformers implements, whose own classes then train it.")
 
 
 @documented

@@ -55,6 +55,12 @@ def train(ctx: StageContext) -> Path:
         if tokenizer.chat_template:
             record.update({"chat_template": "own"})
             record["linked"] = _link_folder(located.folder, work)
+            if config.get("auto_map") and is_main_process():
+                # Allowed by --trust-remote-code and implemented by transformers itself (checked by the source
+                # checks): from here on the model loads with transformers' own classes, never its code.
+                config.pop("auto_map")
+                (work / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+                record["remote_code"] = f"replaced by transformers' own {config.get('model_type')} classes"
         else:  # llmpipe's template and its tokens: the embeddings grow, so the weights are written out
             model = _load_folder(located.folder, trust)
             record.update(_add_template(tokenizer, model))
