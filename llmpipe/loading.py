@@ -76,6 +76,8 @@ def load_checkpoint(folder: Path, device: str = "auto", need_template: bool = Tr
                         hint="restore the checkpoint's files or retrain the stage") from e
     if need_template and not tokenizer.chat_template:
         raise UserError("tokenizer has no chat template", file=str(folder))
+    if tokenizer.pad_token is None:  # many hub tokenizers have none, and batched generation pads
+        tokenizer.pad_token = tokenizer.eos_token
     set_generation_stops(model, tokenizer)
     model.to(pick_device(device)).eval()
     return model, tokenizer

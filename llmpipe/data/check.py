@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from llmpipe.chat_format import assistant_mask
 from llmpipe.core.errors import UserError
 from llmpipe.data.clean import row_text
 from llmpipe.data.pipeline import heldout_texts, load_rows, stream_text
@@ -42,8 +43,8 @@ def _render(kind: str, row: dict[str, Any], tokenizer: Any) -> tuple[int, str]:
         ids = [*bos_prefix(tokenizer), *tokenizer(row["text"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         return len(ids), _marked(tokenizer, ids, [1] * len(ids))
     if kind == "chat":
-        out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-        return len(out["input_ids"]), _marked(tokenizer, out["input_ids"], out["assistant_masks"])
+        ids, mask = assistant_mask(tokenizer, row["messages"])
+        return len(ids), _marked(tokenizer, ids, mask)
     prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True, return_dict=False)
     if kind == "prompt":  # online RL: the policy writes the reply, nothing here carries loss
         return len(prompt), tokenizer.decode(prompt) + (f" [answer: {row['answer']}]" if "answer" in row else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from llmpipe.chat_format import assistant_mask
 from llmpipe.data.blocks import pack_blocks
 from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
 from llmpipe.eval.rl import prompt_accuracy
@@ -67,13 +68,14 @@ def text_loss(model: Any, tokenizer: Any, texts: list[str], block_size: int, bat
 
 
 def chat_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length: int, batch_size: int = 16) -> dict[str, Any]:
-    """Loss and perplexity on the assistant tokens of chat rows (the tokens SFT trains on)."""
+    """Loss and perplexity on the assistant tokens of chat rows (the tokens SFT trains on, masked by the
+    same chat_format.assistant_mask whatever the template)."""
     import torch
 
     encoded = []
     for row in rows:
-        out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-        ids, mask = out["input_ids"][:max_length], out["assistant_masks"][:max_length]
+        ids, mask = assistant_mask(tokenizer, row["messages"])
+        ids, mask = ids[:max_length], mask[:max_length]
         if any(mask[1:]):
             encoded.append((ids, [t if m else -100 for t, m in zip(ids, mask)]))
     if not encoded:

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmpipe.chat_format import ensure_chat_template, set_generation_stops
+from llmpipe.chat_format import ensure_chat_template, resize_for_tokenizer, set_generation_stops
 from llmpipe.core.console import is_main_process, say
 from llmpipe.core.errors import UserError
 from llmpipe.runs.context import StageContext
@@ -130,14 +130,12 @@ def _load_gguf(located: Located) -> tuple[Any, Any]:
 def _add_template(tokenizer: Any, model: Any) -> dict[str, Any]:
     """llmpipe's chat template and tokens for a tokenizer without one (embeddings resized); what changed."""
     if tokenizer.chat_template:
+        set_generation_stops(model, tokenizer)
         return {"chat_template": "own"}
-    added = ensure_chat_template(tokenizer)
     before = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > before:
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    set_generation_stops(model, tokenizer)
-    return {"chat_template": "llmpipe (added)", "added_tokens": added,
+    added = ensure_chat_template(tokenizer)
+    resize_for_tokenizer(model, tokenizer)
+    return {"chat_template": "llmpipe (added)", "added_tokens": added["added_tokens"], "pad_token": added["pad_token"],
             "embeddings": {"from": before, "to": model.get_input_embeddings().weight.shape[0]}}
 
 

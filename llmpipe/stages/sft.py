@@ -9,7 +9,7 @@ from typing import Any
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from llmpipe.chat_format import load_chat_tokenizer, set_generation_stops
+from llmpipe.chat_format import assistant_mask, has_generation_markers, load_chat_tokenizer, set_generation_stops
 from llmpipe.config import Recipe
 from llmpipe.core.console import fmt_number, say
 from llmpipe.data.pipeline import heldout_texts, load_rows
@@ -21,12 +21,16 @@ from llmpipe.train.fit import build_trainer, finish, fit
 from llmpipe.train.lora import load_model, peft_config
 
 
-def sft_arguments(recipe: Recipe, writer: StageWriter) -> Any:
-    """TRL SFTConfig for the recipe: assistant-only loss and bfd packing of whole conversations."""
+def sft_arguments(recipe: Recipe, writer: StageWriter, marked: bool = True) -> Any:
+    """TRL SFTConfig for the recipe: assistant-only loss and bfd packing of whole conversations.
+
+    `marked`: the chat template has `{% generation %}` markers, so TRL masks the conversations itself;
+    otherwise the rows come tokenized with their masks (`chat_dataset`) and TRL's own assistant-only
+    loss, which needs the markers, stays off."""
     cfg = recipe.sft
     return training_arguments(
         SFTConfig, cfg, recipe, writer,
-        assistant_only_loss=True,
+        assistant_only_loss=marked,
         packing=cfg.packing,
         # Whole conversations per row; llmpipe.train.packing gives them dense blocks with
         # per-document attention (see there for why neither of TRL's own layouts fits CPU).
@@ -35,6 +39,16 @@ def sft_arguments(recipe: Recipe, writer: StageWriter) -> Any:
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
     )
+
+
+def chat_dataset(tokenizer: Any, rows: list[dict[str, Any]]) -> Any:
+    """The chat rows as SFTTrainer's dataset: their `messages` when the template has `{% generation %}`
+    markers (TRL renders and masks them), else tokenized here, `input_ids` with `assistant_masks` from
+    chat_format.assistant_mask (TRL turns the mask into labels, -100 off the replies, before packing)."""
+    if has_generation_markers(tokenizer.chat_template):
+        return Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    tokenized = [assistant_mask(tokenizer, r["messages"]) for r in rows]
+    return Dataset.from_list([{"input_ids": ids, "assistant_masks": mask} for ids, mask in tokenized])
 
 
 def train(ctx: StageContext) -> Path:
@@ -46,15 +60,15 @@ def train(ctx: StageContext) -> Path:
     model = load_model(parent_dir)
     set_generation_stops(model, tokenizer)
 
-    train_set = Dataset.from_list([{"messages": r["messages"]} for r in data.train])
-    eval_set = Dataset.from_list([{"messages": r["messages"]} for r in limit_rows(data.validation, cfg)])
+    train_set = chat_dataset(tokenizer, data.train)
+    eval_set = chat_dataset(tokenizer, limit_rows(data.validation, cfg))
     trainer = build_trainer(
         SFTTrainer,
         "packed_chat" if cfg.packing else "plain",
         tokenizer,
         cfg.max_length,
         model=model,
-        args=sft_arguments(recipe, writer),
+        args=sft_arguments(recipe, writer, marked="messages" in train_set.column_names),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
