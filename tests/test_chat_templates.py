@@ -185,7 +185,7 @@ def sft_trainer(tokenizer, tmp_path: Path, packing: bool, rows: list[list[dict[s
     recipe = load_recipe(None, ["model=micro", "device=cpu", f"sft.packing={str(packing).lower()}", "sft.max_length=128"])
     writer = StageWriter(tmp_path, "sft", recipe.stage_config("sft"))
     model = AutoModelForCausalLM.from_config(model_config("llama", tokenizer))
-    data = data or chat_dataset(tokenizer, [{"messages": m} for m in rows])
+    data = data or chat_dataset(tokenizer, [{"messages": m} for m in rows], 128)[0]
     return fast_trainer(SFTTrainer, "packed_chat" if packing else "plain", tokenizer, 128, model=model,
                         args=sft_arguments(recipe, writer, marked="messages" in data.column_names),
                         train_dataset=data, eval_dataset=data, processing_class=tokenizer)
@@ -316,3 +316,14 @@ def test_eval_chat_and_data_check_work_on_foreign_templates(family, tmp_path: Pa
     assert preference_accuracy(model, tokenizer, [pair])["accuracy"] in (0.0, 1.0)
     _, shown = _render("chat", {"messages": CHAT}, tokenizer)
     assert f"[[{expected_runs(family, REPLIES)[0]}]]" in shown
+
+
+def test_conversations_with_no_reply_within_max_length_are_left_out():
+    from llmpipe.stages.sft import chat_dataset
+
+    tokenizer = make_tokenizer("chatml")
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    long = [{"role": "user", "content": "the kettle is blue " * 40}, {"role": "assistant", "content": "yes"}]
+    data, cut = chat_dataset(tokenizer, [{"messages": short}, {"messages": long}], 64)
+    assert cut == 1 and len(data) == 1
+    assert any(data[0]["assistant_masks"][:64])

@@ -12,6 +12,7 @@ from trl import SFTConfig, SFTTrainer
 from llmpipe.chat_format import assistant_mask, has_generation_markers, load_chat_tokenizer, set_generation_stops
 from llmpipe.config import Recipe
 from llmpipe.core.console import fmt_number, say
+from llmpipe.core.errors import UserError
 from llmpipe.data.pipeline import heldout_texts, load_rows
 from llmpipe.eval.metrics import answer_accuracy
 from llmpipe.runs import StageWriter
@@ -41,14 +42,20 @@ def sft_arguments(recipe: Recipe, writer: StageWriter, marked: bool = True) -> A
     )
 
 
-def chat_dataset(tokenizer: Any, rows: list[dict[str, Any]]) -> Any:
-    """The chat rows as SFTTrainer's dataset: their `messages` when the template has `{% generation %}`
-    markers (TRL renders and masks them), else tokenized here, `input_ids` with `assistant_masks` from
-    chat_format.assistant_mask (TRL turns the mask into labels, -100 off the replies, before packing)."""
+def chat_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> tuple[Any, int]:
+    """The chat rows as SFTTrainer's dataset, and how many were left out: their `messages` when the
+    template has `{% generation %}` markers (TRL renders and masks them), else tokenized here, `input_ids`
+    with `assistant_masks` from chat_format.assistant_mask (TRL turns the mask into labels, -100 off the
+    replies, before packing).
+
+    A tokenized conversation whose replies all lie beyond `max_length` is left out: cut to max_length it
+    trains nothing, and a packed batch of only such rows has no token to average the loss over (NaN).
+    Long templates make this common: ChatML's default system turn alone is ~20 tokens."""
     if has_generation_markers(tokenizer.chat_template):
-        return Dataset.from_list([{"messages": r["messages"]} for r in rows])
+        return Dataset.from_list([{"messages": r["messages"]} for r in rows]), 0
     tokenized = [assistant_mask(tokenizer, r["messages"]) for r in rows]
-    return Dataset.from_list([{"input_ids": ids, "assistant_masks": mask} for ids, mask in tokenized])
+    kept = [{"input_ids": ids, "assistant_masks": mask} for ids, mask in tokenized if any(mask[:max_length])]
+    return Dataset.from_list(kept), len(tokenized) - len(kept)
 
 
 def train(ctx: StageContext) -> Path:
@@ -60,8 +67,16 @@ def train(ctx: StageContext) -> Path:
     model = load_model(parent_dir)
     set_generation_stops(model, tokenizer)
 
-    train_set = chat_dataset(tokenizer, data.train)
-    eval_set = chat_dataset(tokenizer, limit_rows(data.validation, cfg))
+    train_set, cut = chat_dataset(tokenizer, data.train, cfg.max_length)
+    eval_set, _ = chat_dataset(tokenizer, limit_rows(data.validation, cfg), cfg.max_length)
+    if cut:
+        ctx.manifest.data["no_reply_within_max_length"] = cut
+        say(f"sft: {cut} of {len(data.train)} training conversations left out: no reply starts within max_length "
+            f"{cfg.max_length} tokens")
+    if len(train_set) == 0 or len(eval_set) == 0:
+        raise UserError(f"is {cfg.max_length}: no {'training' if len(train_set) == 0 else 'validation'} conversation has "
+                        "a reply within it under this chat template", file=recipe.source, field="sft.max_length",
+                        hint="raise sft.max_length")
     trainer = build_trainer(
         SFTTrainer,
         "packed_chat" if cfg.packing else "plain",
