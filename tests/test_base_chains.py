@@ -11,7 +11,8 @@ from conftest import MICRO, invoke, read_manifest
 from hf_models import make_model_folder
 
 # Short stages: this file is about the hand-off, not about learning.
-FAST = ["sft.max_steps=3", "sft.max_length=128", "align.max_length=128", "reward.max_length=128", "sft.eval_every=3", "sft.save_every=3", "sft.accuracy_rows=4",
+FAST = ["sft.max_steps=3", "sft.max_length=128", "align.max_length=128", "reward.max_length=128", "sft.eval_every=3",
+        "sft.save_every=3", "sft.accuracy_rows=4",
         "align.max_steps=2", "align.eval_every=2", "align.save_every=2", "align.preference_rows=8", "align.heldout_prompts=4",
         "reward.max_steps=2", "reward.eval_every=2", "reward.save_every=2", "reward.preference_rows=8"]
 
