@@ -21,7 +21,7 @@ from llmpipe.registry import BASE, REWARD_MODEL, RUN_ORDER, STAGES, StageSpec, c
 from llmpipe.runs import MANIFEST, StageWriter, manifest_sha, read_manifest, resolve_parent
 from llmpipe.runs.context import StageContext
 from llmpipe.runs.integrity import check_model_folder, verify_files
-from llmpipe.sources import fingerprint, is_model_source, locate
+from llmpipe.sources import HUB_PREFIX, fingerprint, is_model_source, locate
 
 
 def train_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False,
@@ -107,11 +107,13 @@ def check_reward_folder(folder: str | Path, stage: str) -> Path:
 def import_base(recipe: Recipe, run_dir: Path, source: str | Path | None, restart: bool = False) -> Path:
     """The run's base stage from `source` (else the recipe's base.source): imported, or skipped when the
     same source (same files) is already there."""
-    if source is not None:
-        recipe = dataclasses.replace(recipe, base=dataclasses.replace(recipe.base, source=str(source)))
-    if not recipe.base.source:
+    source = str(source) if source is not None else recipe.base.source
+    if not source:
         raise UserError("no model to import", file=recipe.source, field="base.source",
                         hint="pass --from a Hugging Face model folder, hf:ORG/NAME[@REVISION] or a .gguf file, or set base in the recipe")
+    if not source.startswith(HUB_PREFIX):  # one spelling per file (./m, m, /abs/m): the stage's identity names it
+        source = str(Path(source).resolve())
+    recipe = dataclasses.replace(recipe, base=dataclasses.replace(recipe.base, source=source))
     return train_stage(stage_spec(BASE), recipe, run_dir, restart=restart)
 
 
@@ -130,5 +132,10 @@ def run_recipe(recipe: Recipe, run_dir: Path, restart: bool = False) -> None:
     """Every section of `llmpipe run` in order, skipping stages already complete."""
     sections = run_sections(recipe)
     check_suites(recipe, tuple(s for s in sections if stage_for(s).language_model and not stage_for(s).imports))
+    previous: Path | None = None
     for section in sections:
-        train_section(section, recipe, run_dir, restart=restart)
+        # Each stage starts from the one this run just trained: in a run folder that also holds stages of an
+        # earlier run from scratch, a run from a base must not pick up that run's pretrain.
+        spec = stage_for(section, recipe.align.method)
+        chained = previous if previous is not None and previous.name in spec.parents else None
+        previous = train_section(section, recipe, run_dir, parent=chained, restart=restart)

@@ -186,6 +186,17 @@ def _sandbox(root: Path, micro_run: Path) -> Path:
     (repo / "prompts.jsonl").write_text(json.dumps({"prompt": "What colour is the kettle?"}) + "\n"
                                         + json.dumps({"prompt": [{"role": "user", "content": "What is 2 plus 3?"}]}) + "\n")
     (repo / "prompts.txt").write_text("The kettle is\nMira lives in\n", encoding="utf-8")
+    # "Start from a Hugging Face model": a downloaded model folder, the same in the hub cache (its layout:
+    # models--ORG--NAME/snapshots/COMMIT, refs/REVISION), and a folder of the user's text.
+    from hf_models import make_model_folder
+
+    make_model_folder(repo / "SmolLM2-135M-Instruct", "llama", "chatml")
+    snapshot = root / "hub" / "models--Qwen--Qwen3-0.6B" / "snapshots" / "c1899de2"
+    make_model_folder(snapshot, "qwen3", "chatml")
+    (root / "hub" / "models--Qwen--Qwen3-0.6B" / "refs").mkdir()
+    (root / "hub" / "models--Qwen--Qwen3-0.6B" / "refs" / "main").write_text("c1899de2")
+    (repo / "my-text").mkdir()
+    shutil.copyfile(repo / "my_text.txt", repo / "my-text" / "part-1.txt")
     return repo
 
 
@@ -229,6 +240,8 @@ def test_readme_commands_are_all_run_or_excluded_for_a_reason():
 def test_readme_commands_run_on_the_micro_recipe(micro_run: Path, tmp_path: Path, monkeypatch):
     repo = _sandbox(tmp_path, micro_run)
     monkeypatch.chdir(repo)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert Path.cwd() == repo  # `llmpipe data synth --out data` must write into the sandbox's copy
     demo = {stage: _manifest(repo / "runs" / "tiny" / stage)["created"] for stage in ("tokenizer", "pretrain", "sft", "dpo")}
 
