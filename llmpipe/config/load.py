@@ -21,7 +21,7 @@ from llmpipe.config.fields import leaves, value_at
 from llmpipe.config.keys import all_keys
 from llmpipe.config.paths import map_paths, resolve, resolve_default
 from llmpipe.config.recipes import find_recipe
-from llmpipe.config.schema import Recipe
+from llmpipe.config.schema import SHORTHANDS, Recipe
 from llmpipe.core.errors import UserError
 
 
@@ -52,6 +52,9 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str |
         if not isinstance(loaded, dict):
             raise UserError("a recipe must be a YAML mapping of keys to values", file=source)
         raw = loaded
+    for section, key in SHORTHANDS.items():
+        if isinstance(raw.get(section), str):
+            raw[section] = {key: raw[section]}
     in_file = _dotted_keys(raw)
     overridden: set[str] = set()
     for item in overrides:
@@ -108,6 +111,9 @@ def _parse_override(item: str, stage: str | None) -> tuple[str, Any]:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
+    if key in SHORTHANDS and not isinstance(parsed, dict):
+        # `model=tiny-llama` sets the preset and keeps the recipe's other model keys.
+        key = f"{key}.{SHORTHANDS[key]}"
     return key, parsed
 
 

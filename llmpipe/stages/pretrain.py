@@ -7,29 +7,33 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
 
+from llmpipe.config.presets import model_label
 from llmpipe.core.console import fmt_number, say
 from llmpipe.core.errors import UserError
 from llmpipe.data.blocks import BlockDataset, pack_blocks, token_blocks
 from llmpipe.data.pipeline import heldout_texts, stream_text
-from llmpipe.models import build_config, count_parameters, flops_per_token
+from llmpipe.models import build_config, count_parameters, flops_per_token, model_context
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import training_arguments
 from llmpipe.train.fit import build_trainer, finish, fit
 
 
 def train(ctx: StageContext) -> Path:
-    """Pretrain the recipe's model preset from random initialisation on its text; returns the stage folder."""
+    """Pretrain the recipe's model (its `model` section) from random initialisation on its text; returns the
+    stage folder."""
     recipe, writer, parent_dir, cfg = ctx.recipe, ctx.writer, ctx.parent_dir, ctx.cfg
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)
     references = heldout_texts(recipe) if cfg.cleaning.decontaminate else []
     stream = stream_text(cfg, references)
 
     set_seed(recipe.seed)
-    model_config = build_config(recipe.model, tokenizer)
-    if cfg.max_length > model_config.n_positions:
+    shape = recipe.model.resolved()
+    model_config = build_config(shape, tokenizer)
+    context = model_context(model_config)
+    if cfg.max_length > context:
         raise UserError(
-            f"is {cfg.max_length} but the '{recipe.model}' preset has a context of {model_config.n_positions}",
-            file=recipe.source, field="pretrain.max_length", hint=f"set pretrain.max_length <= {model_config.n_positions}",
+            f"is {cfg.max_length} but the '{shape['preset']}' model has a context of {context}",
+            file=recipe.source, field="pretrain.max_length", hint=f"set pretrain.max_length <= {context} or raise model.context",
         )
     train_blocks, ctx.manifest.data = token_blocks(cfg, tokenizer, parent_dir, stream, references)
     val_texts = [r["text"] for r in stream.validation]
@@ -46,7 +50,7 @@ def train(ctx: StageContext) -> Path:
 
     model = AutoModelForCausalLM.from_config(model_config)
     n_params = count_parameters(model)
-    say(f"pretrain: {recipe.model} preset, {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks "
+    say(f"pretrain: {model_label(shape)}, {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks "
         f"of {cfg.max_length} tokens, {len(val_blocks)} validation blocks")
 
     args = training_arguments(TrainingArguments, cfg, recipe, writer, include_num_input_tokens_seen="all")
