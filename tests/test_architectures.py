@@ -156,9 +156,10 @@ def test_qlora_without_a_gpu_fails_before_anything_trains(tmp_path, monkeypatch)
 
 @pytest.fixture(scope="module")
 def llama_run(tmp_path_factory) -> Path:
-    """Tokenizer, then a micro llama pretrained and chat-tuned through the CLI."""
+    """Tokenizer, then a micro llama pretrained and chat-tuned (with gradient checkpointing) through the CLI."""
     run = tmp_path_factory.mktemp("llama") / "run"
-    for stage, extra in (("tokenizer", []), ("pretrain", ["max_steps=4"]), ("sft", ["max_steps=4", "accuracy_rows=4"])):
+    for stage, extra in (("tokenizer", []), ("pretrain", ["max_steps=4"]),
+                         ("sft", ["max_steps=4", "accuracy_rows=4", "model.gradient_checkpointing=true"])):
         result = invoke(stage, MICRO, "model=micro-llama", "--out", str(run), *extra,
                         *([o for o in FAST if not o.startswith("max_steps")] if stage != "tokenizer" else []))
         assert result.exit_code == 0, result.output
@@ -174,6 +175,7 @@ def test_a_llama_micro_model_pretrains_and_chat_tunes(llama_run: Path):
     assert pretrain["metrics"]["flops_per_token"] > 0
     sft = read_manifest(llama_run / "sft")
     assert sft["status"] == "complete" and sft["metrics"]["validation_loss"] < sft["metrics"]["validation_loss_before"]
+    assert sft["config"]["gradient_checkpointing"] is True
     model = AutoModelForCausalLM.from_pretrained(llama_run / "sft")
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 1
 
