@@ -11,7 +11,8 @@ under one block, < 1.5% of it, is left out).
 Datasets: `embedded` (the default recipe's pretraining text, data/pretrain.*) and `shakespeare`
 (../shared/data/tinyshakespeare.*, when present). Prints a table and writes
 bench/results/architectures.json. Run: `python bench/architectures.py` (`--budget 90`,
-`--families gpt2,llama,qwen3`, `--datasets embedded,shakespeare`).
+`--families gpt2,llama,qwen3`, `--datasets embedded,shakespeare`). `--steps N` trains every family for
+N steps instead (equal steps, not equal time): what each learns per step, whatever the machine's load.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--families", default="gpt2,llama,qwen3")
     parser.add_argument("--datasets", default="embedded,shakespeare")
     parser.add_argument("--calibration-steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=0, help="equal steps instead of equal time (no calibration)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
@@ -124,16 +126,17 @@ def main() -> None:
             for family in families:
                 run_dir = Path(tmp) / dataset / family
                 shutil.copytree(base, run_dir)
-                if family not in calibration:  # step time does not depend on the text: blocks are all max_length long
+                if family not in calibration and not args.steps:  # step time does not depend on the text: blocks are all max_length long
                     calibration[family] = pretrain(run_dir, family, dataset, args.calibration_steps, args)
                     calibration[family]["step_seconds"] = calibration[family]["train_seconds"] / args.calibration_steps
-                steps = max(1, int(args.budget / calibration[family]["step_seconds"]))
+                steps = args.steps or max(1, int(args.budget / calibration[family]["step_seconds"]))
                 runs.setdefault(dataset, {})[family] = pretrain(run_dir, family, dataset, steps, args)
                 row = runs[dataset][family]
                 print(f"{dataset:12s} {family:6s} {row['steps']:4d} steps {row['train_seconds']:6.1f} s "
                       f"{row['tokens_per_second']:7,.0f} tok/s  bpb {row['validation_bpb']:.4f}", flush=True)
     result = {
-        "benchmark": "architectures", "budget_seconds": args.budget, "precision": "bf16" if bf16 else "fp32",
+        "benchmark": "architectures", "budget_seconds": None if args.steps else args.budget, "steps": args.steps or None,
+        "precision": "bf16" if bf16 else "fp32",
         "tokens_per_step": args.batch_size * args.max_length, "device": platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "load_average": os.getloadavg(), "note": args.note,
         "calibration": {f: {"step_seconds": c["step_seconds"], "tokens_per_second": c["tokens_per_second"]}
@@ -148,7 +151,9 @@ def main() -> None:
 
 def print_table(result: dict[str, Any]) -> None:
     """One row per dataset and family: size, steps, speed, wall time and held-out bits per byte."""
-    print(f"equal wall time: {result['budget_seconds']:.0f} s of training steps per run, {result['precision']}, "
+    budget = f"equal steps: {result['steps']}" if result.get("steps") else \
+        f"equal wall time: {result['budget_seconds']:.0f} s of training steps per run"
+    print(f"{budget}, {result['precision']}, "
           f"{result['tokens_per_step']} tokens/step, {result['device']} ({result['threads']} threads)")
     print(f"{'dataset':12s} {'family':7s} {'preset':11s} {'params':>7s} {'steps':>6s} {'tok/s':>7s} {'train s':>8s} "
           f"{'bits/byte':>10s} {'before':>7s}")

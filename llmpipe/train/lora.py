@@ -14,8 +14,9 @@ linear layer but the output layer by default (`llmpipe.models.lora_targets`, pef
 QLoRA (`lora.quantize: 4bit`, CUDA only): the frozen base loads in 4-bit NF4 through bitsandbytes
 with bf16 compute (float16 on a GPU without bf16) and goes through peft's
 `prepare_model_for_kbit_training`; the adapters train in fp32. The merged checkpoint is the adapter
-merged into the full-precision parent, as QLoRA's authors release theirs: it differs from the
-quantized model trained on by the 4-bit rounding of the base.
+merged into the full-precision parent (merging into 4-bit weights would round the update away): it
+differs from the quantized model trained on by the 4-bit rounding of the base. Written without a GPU
+at hand: the refusal on CPU is tested, the 4-bit path itself has not run yet.
 
 Use: `model = load_model(parent_dir, ctx)`, `peft = peft_config(cfg.lora, model, "sft")`, pass
 `peft_config=peft` to the TRL trainer; `llmpipe.train.fit.fit` saves through `save_trained`.
