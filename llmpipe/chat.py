@@ -16,6 +16,7 @@ from typing import Any
 
 from llmpipe.core.errors import UserError
 from llmpipe.data.shards import bos_prefix
+from llmpipe.models import model_context
 
 ROLES = ("system", "user", "assistant")
 
@@ -41,7 +42,7 @@ class Sampling:
 
 def context_budget(model: Any, max_new_tokens: int) -> int:
     """How many prompt tokens fit before the reply: the model's context less the reply length."""
-    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    context = model_context(model.config)
     if max_new_tokens >= context:
         raise UserError(f"must be below the model's context of {context} tokens", field="--max-new-tokens")
     return context - max_new_tokens

@@ -87,8 +87,8 @@ def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
     return None, args
 
 
-def _load(args: list[str] | None, stage: str | None, device: str | None) -> Any:
-    from llmpipe.config import load_recipe
+def _load(args: list[str] | None, stage: str | None, device: str | None, training: bool = True) -> Any:
+    from llmpipe.config import STAGE_SECTIONS, load_recipe
 
     recipe_path, overrides = _split_args(args)
     if device:
@@ -98,11 +98,15 @@ def _load(args: list[str] | None, stage: str | None, device: str | None) -> Any:
             raise UserError(f"'{extra}' is not key=value (only the first argument can be a recipe)",
                             hint="write overrides like pretrain.max_steps=10")
     recipe = load_recipe(recipe_path, overrides, stage=stage)
-    if recipe.device != "auto" or recipe.precision != "auto":
-        # Checked before any stage runs, so `run --device cuda` on a CPU box fails in a second.
-        from llmpipe.train.args import placement
+    sections = [stage] if stage else list(STAGE_SECTIONS)
+    quantized = [s for s in sections if getattr(getattr(getattr(recipe, s, None), "lora", None), "quantize", "none") != "none"]
+    if recipe.device != "auto" or recipe.precision != "auto" or (quantized and training):
+        # Checked before any stage runs, so `run --device cuda` (or QLoRA) on a CPU box fails in a second.
+        from llmpipe.train.args import check_quantization, placement
 
         placement(recipe)
+        for section in quantized if training else []:
+            check_quantization(recipe, section)
     return recipe
 
 
@@ -337,7 +341,7 @@ def data_check(
 
         if stage not in RUN_ORDER:
             raise UserError(f"unknown stage '{stage}'", field="--stage", hint=f"use one of {', '.join(RUN_ORDER)}")
-        recipe = _load(args, stage, None)
+        recipe = _load(args, stage, None, training=False)
         quiet_libraries()
         result = check(recipe, stage, _run_dir(recipe, out), tokenizer_dir, examples)
         if json_out is not None:

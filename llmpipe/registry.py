@@ -32,7 +32,7 @@ class StageSpec:
     online: bool = False  # samples replies and learns from rewards (RL)
     trains_first: tuple[str, ...] = ()  # stages its method trains before it (rlhf: its reward model)
     gated: bool = True  # checked against its parent by the regression gate (a reward model has no likelihood)
-    builds_model: bool = False  # builds its model from the recipe's `model` preset (so `model` is in its identity)
+    builds_model: bool = False  # builds its model from the recipe's `model` section (so `model` is in its identity)
     language_model: bool = True  # leaves a causal LM (the tokenizer stage leaves only a tokenizer)
     imports: bool = False  # takes its model from outside the run (a Hugging Face folder, hub id or GGUF), trains nothing
     module_name: str = ""  # the module under llmpipe/stages/ when not the stage's own name (the RL methods share one)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmpipe.config.presets import model_label
 from llmpipe.core.errors import UserError
 from llmpipe.registry import STAGE_ORDER
 from llmpipe.report_plots import number, probe_scores, training_curves
@@ -29,7 +30,7 @@ NOT_SETTINGS = COLUMN_KEYS | {
     "train_files", "validation_files", "mixture_weights", "columns", "bad_rows", "validation_fraction", "cleaning",
     "min_lr_ratio", "weight_decay", "max_grad_norm", "warmup_steps", "eval_every", "eval_batches", "save_every",
     "log_every", "max_train_bytes", "accuracy_rows", "preference_rows", "max_new_tokens",
-    "probes", "probe_every", "sample_prompts", "gate",
+    "probes", "probe_every", "sample_prompts", "gate", "gradient_checkpointing",
 }
 
 # A block is one piece of the report: ("h1" | "h2" | "h3" | "p", text), ("table", headers, rows),
@@ -127,7 +128,7 @@ def _config_section(manifest: Manifest, inherited_model: str | None) -> list[Blo
     # The stage's own section ({seed, precision, monitor: {...}, sft: {...}}: the one that is not monitor).
     merged = {**manifest.config, **manifest.section()}
     # Only pretraining names the preset; later stages continue from their parent's model.
-    model = fmt(merged["model"]) if merged.get("model") else f"{inherited_model} (parent's)" if inherited_model else "-"
+    model = model_label(merged["model"]) if merged.get("model") else f"{inherited_model} (parent's)" if inherited_model else "-"
     batch = fmt(merged.get("batch_size"))
     if (number(merged.get("grad_accum")) or 1) > 1:
         batch += f" × {fmt(merged['grad_accum'])} accum"
@@ -385,7 +386,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     model = None
     for name, manifest in stages:
         stage_blocks, plots = _stage_blocks(run_dir, name, manifest, out_dir, model)
-        model = manifest.config.get("model") or model
+        model = model_label(manifest.config["model"]) if manifest.config.get("model") else model
         blocks += stage_blocks
         written.update(plots)
 

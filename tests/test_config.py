@@ -13,10 +13,10 @@ from llmpipe.core.errors import UserError
 def test_defaults_and_recipe_values():
     defaults = load_recipe(None)
     # The defaults name data/ and read the embedded file (llmpipe/config/paths.py), recorded as data/.
-    assert defaults.model == "tiny" and defaults.pretrain.train_files == [str(embedded_data() / "pretrain.train.jsonl")]
+    assert defaults.model.preset == "tiny" and defaults.pretrain.train_files == [str(embedded_data() / "pretrain.train.jsonl")]
     assert defaults.stage_config("pretrain")["pretrain"]["train_files"] == ["data/pretrain.train.jsonl"]
     micro = load_recipe(MICRO)
-    assert micro.model == "micro" and micro.pretrain.max_steps == 8 and micro.tokenizer.vocab_size == 512
+    assert micro.model.preset == "micro" and micro.pretrain.max_steps == 8 and micro.tokenizer.vocab_size == 512
 
 
 def test_overrides_are_typed_and_scoped_to_the_stage():
@@ -38,7 +38,7 @@ def test_overrides_are_typed_and_scoped_to_the_stage():
         (["pretrain.max_steps=0"], "\"pretrain.max_steps\" must be >= 1"),
         (["align.beta=-1"], "\"align.beta\" must be > 0"),
         (["align.loss_type=magic"], "\"align.loss_type\" must be one of sigmoid"),
-        (["model=huge"], "\"model\" unknown model preset; choose one of micro, tiny"),
+        (["model=huge"], "\"model.preset\" unknown model preset; choose one of micro, tiny"),
         (["sft.packing=maybe"], "expected true or false"),
         (["pretrain.warmup_steps=-1"], "\"pretrain.warmup_steps\" must be >= 0"),
         (["nonsense"], "is not key=value"),
@@ -118,7 +118,7 @@ def test_help_does_not_import_torch():
 @pytest.mark.parametrize("name", ["tiny", "micro", "gpt2-124m"])
 def test_shipped_recipes_load_and_validate(name):
     recipe = load_recipe(f"recipes/{name}.yaml")
-    assert recipe.name == name and recipe.model == name
+    assert recipe.name == name and recipe.model.preset == name
 
 
 def test_gpt2_preset_matches_gpt2_small_shape():

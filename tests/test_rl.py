@@ -88,7 +88,7 @@ def test_bad_rl_settings_name_the_key(overrides, message):
 @pytest.mark.parametrize("name, method", [("rlhf", "rlhf"), ("grpo", "grpo")])
 def test_rl_recipes_load_and_validate(name, method):
     recipe = load_recipe(f"recipes/{name}.yaml")
-    assert recipe.name == name and recipe.model == "tiny" and recipe.align.method == method
+    assert recipe.name == name and recipe.model.preset == "tiny" and recipe.align.method == method
 
 
 def test_unknown_rl_and_wrong_reward_folder_are_one_line_errors(micro_run: Path, tmp_path: Path):

@@ -4,7 +4,7 @@ Imports llmpipe.core, the standard library and yaml only, so that reading and ch
 imports torch. Modules:
 
 - constants: the names a recipe may choose from (stages, methods, loss types, reward rules, ...)
-- presets: the model size presets, as plain dicts
+- presets: the model presets and families, as plain dicts, and how a `model` section resolves
 - fields: `setting(default, help, ge=..., choices=...)`, the metadata every leaf setting carries
 - schema: the dataclasses (Recipe and its sections)
 - keys: every key with its default, limits and help (`llmpipe keys`, suggestions)
@@ -42,6 +42,7 @@ from llmpipe.config.schema import (
     CleaningConfig,
     GateConfig,
     LoRAConfig,
+    ModelConfig,
     MonitorConfig,
     PretrainConfig,
     Recipe,
@@ -55,7 +56,7 @@ __all__ = [
     "ALIGN_METHODS", "ANOMALY_POLICIES", "BAD_ROW_POLICIES", "DATA", "DEVICES", "DPO_LOSS_TYPES", "GATE_ACTIONS",
     "NEEDS_LABEL_SMOOTHING", "NOT_IDENTITY", "PRECISIONS", "PRESETS", "REPORT_TO", "REWARD_RULES",
     "RL_ALGORITHMS", "RL_METHODS", "STAGES", "STAGE_SECTIONS", "AlignConfig", "CleaningConfig", "GateConfig",
-    "KeyDoc", "LoRAConfig", "MonitorConfig", "PretrainConfig", "Recipe", "RewardModelConfig", "SFTConfig",
+    "KeyDoc", "LoRAConfig", "ModelConfig", "MonitorConfig", "PretrainConfig", "Recipe", "RewardModelConfig", "SFTConfig",
     "TokenizerConfig", "TrainConfig", "all_keys", "key_docs", "load_recipe", "same_settings", "setting",
     "stage_identity", "validate",
 ]

@@ -11,6 +11,7 @@ import importlib.util
 
 from llmpipe.config.constants import NEEDS_LABEL_SMOOTHING, RL_ALGORITHMS, RL_METHODS
 from llmpipe.config.fields import leaves, problem, value_at
+from llmpipe.config.presets import QK_NORM_FAMILIES, ROPE_FAMILIES
 from llmpipe.config.schema import STAGE_SECTIONS, LoRAConfig, Recipe, TrainConfig
 from llmpipe.core.errors import UserError
 from llmpipe.registry import stage_spec
@@ -20,6 +21,7 @@ def validate(recipe: Recipe) -> None:
     """Check every setting of `recipe`; raise a UserError naming the first bad key (exit code 2)."""
     check_name(recipe)
     check_limits(recipe)
+    check_model(recipe)
     check_data(recipe)
     check_preference(recipe)
     check_online_rl(recipe)
@@ -46,6 +48,29 @@ def check_name(recipe: Recipe) -> None:
           f"must be a plain folder name (no '/', '\\' or '..'), got {name!r}")
 
 
+def check_model(recipe: Recipe) -> None:
+    """The `model` section's keys fit together and the family has what they ask for."""
+    given, shape = recipe.model, recipe.model.resolved()
+    family, heads = shape["family"], shape["heads"]
+    modern = " or ".join(ROPE_FAMILIES)
+    _need(recipe, shape["width"] % heads == 0, "model.width" if given.width else "model.heads",
+          f"width {shape['width']} must be a multiple of heads ({heads}): each head gets width / heads dimensions")
+    _need(recipe, family in ROPE_FAMILIES or shape["kv_heads"] == heads, "model.kv_heads",
+          f"family {family} has one key/value head per query head; use family {modern} for grouped-query attention")
+    _need(recipe, heads % shape["kv_heads"] == 0, "model.kv_heads",
+          f"must divide model.heads ({heads}), got {shape['kv_heads']}: each key/value head serves a whole group of "
+          "query heads")
+    _need(recipe, family in ROPE_FAMILIES or not given.rope_theta, "model.rope_theta",
+          f"family {family} learns its positions and has no rotary base; use family {modern}, or leave it 0")
+    _need(recipe, family not in ROPE_FAMILIES or (shape["width"] // heads) % 2 == 0, "model.heads",
+          f"rotary positions need an even head size; width / heads is {shape['width'] // heads}")
+    _need(recipe, family in QK_NORM_FAMILIES or not given.qk_norm, "model.qk_norm",
+          f"family {family} has no QK-norm in transformers; use family {' or '.join(QK_NORM_FAMILIES)} (llama's "
+          "layout plus QK-norm), or set it false")
+    _need(recipe, not (given.mlp_ratio and given.intermediate), "model.intermediate",
+          "give model.intermediate or model.mlp_ratio, not both: both set the MLP's size")
+
+
 def check_data(recipe: Recipe) -> None:
     """Every stage has training data, and mixture weights match its train files one to one."""
     for section in STAGE_SECTIONS:
@@ -70,6 +95,8 @@ def check_preference(recipe: Recipe) -> None:
         lora: LoRAConfig = getattr(recipe, section).lora
         _need(recipe, "lm_head" not in lora.target_modules, f"{section}.lora.target_modules",
               "lm_head cannot take an adapter: TRL's loss reads lm_head.weight directly, so it would never train")
+        _need(recipe, lora.quantize == "none" or lora.enabled, f"{section}.lora.quantize",
+              f"quantizes the base that LoRA adapters train on; set {section}.lora.enabled=true, or quantize=none")
 
 
 def check_online_rl(recipe: Recipe) -> None:

@@ -25,8 +25,10 @@ GATE_ACTIONS = ("stop", "warn", "off")
 ANOMALY_POLICIES = ("rollback", "stop", "skip")
 REPORT_TO = ("tensorboard", "wandb")
 BAD_ROW_POLICIES = ("fail", "skip")
+# How LoRA's frozen base is held: as trained, or 4-bit NF4 through bitsandbytes (QLoRA, CUDA only).
+QUANTIZE = ("none", "4bit")
 # Settings that leave a stage's weights as they are (observers, speed): no retraining when only these differ.
-NOT_IDENTITY = ("gate", "monitor", "compile")
+NOT_IDENTITY = ("gate", "monitor", "compile", "gradient_checkpointing")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # The embedded datasets' folder as recipes and defaults name it; llmpipe/config/paths.py finds it wherever llmpipe runs.
 DATA = "data"

@@ -29,12 +29,14 @@ def setting(
     noun: str | None = None,
     why: str | None = None,
     path: bool = False,
+    empty: bool = False,
 ) -> Any:
     """A dataclass field for one recipe setting, with its help text and limits as metadata.
 
     `ge`/`gt`/`le`/`lt` bound a number (for a list: each item); `choices` lists the allowed values
     (for a list: of each item). `noun` names what a choice is ("model preset") for the error
-    message, `why` explains the bound in it ("the adapters' rank"). `path` marks a file or folder setting
+    message, `why` explains the bound in it ("the adapters' rank"). `empty` lets "" pass besides the
+    choices (a key whose empty default means "decided elsewhere", e.g. the preset's). `path` marks a file or folder setting
     (or a list of them), read by the path rule of llmpipe/config/paths.py. A list or dict default is copied
     per instance. Without `help` the field only changes a default: `documented` then takes the help
     and limits of the same field in a base class.
@@ -46,6 +48,8 @@ def setting(
     meta = {key: value for key, value in limits.items() if value is not None}
     if path:
         meta["path"] = True
+    if empty:
+        meta["empty"] = True
     if help is None and meta:
         raise TypeError("a setting that only changes a default takes its limits from the base class")
     if help is not None:
@@ -129,7 +133,7 @@ def limits_text(meta: typing.Mapping[str, Any], is_list: bool = False) -> str:
     """The limits as `llmpipe keys` shows them: `0 < x < 1`, `x >= 1`, `one of a, b`; '' if none."""
     each = "each " if is_list else ""
     if "choices" in meta:
-        return f"{each}one of {', '.join(meta['choices'])}"
+        return f"{each}one of {', '.join(meta['choices'])}" + (" or empty" if meta.get("empty") else "")
     low = f"{meta['ge']} <= " if "ge" in meta else f"{meta['gt']} < " if "gt" in meta else ""
     high = f" <= {meta['le']}" if "le" in meta else f" < {meta['lt']}" if "lt" in meta else ""
     if low and not high:  # a lower bound alone reads better as `x >= 1` than as `1 <= x`
@@ -150,7 +154,7 @@ def problem(leaf: Leaf, value: Any) -> str | None:
     meta = leaf.field.metadata
     why = f" ({meta['why']})" if "why" in meta else ""
     for item in value if leaf.is_list else [value]:
-        if "choices" in meta and item not in meta["choices"]:
+        if "choices" in meta and item not in meta["choices"] and not (meta.get("empty") and item == ""):
             names = ", ".join(meta["choices"])
             if leaf.is_list:
                 return f"unknown {meta.get('noun', 'value')} {item!r}; choose from {names}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from llmpipe.config.constants import NOT_IDENTITY
-from llmpipe.config.schema import STAGE_SECTIONS, Recipe
+from llmpipe.config.presets import PRESETS
+from llmpipe.config.schema import STAGE_SECTIONS, ModelConfig, Recipe
 
 
 def stage_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +36,9 @@ def same_settings(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     settings default to the old behaviour), so an upgrade does not make finished stages stale."""
     if old is None:
         return False
+    if isinstance(old.get("model"), str) and old["model"] in PRESETS:
+        # Before `model` was a section a stage recorded the preset's name: that preset, every key its own.
+        old = {**old, "model": ModelConfig(preset=old["model"]).resolved()}
     # Every section a stage trains from, `reward` included: STAGES names the chain's stages, not the
     # recipe sections, and a section missing here made an upgrade refuse its finished stages.
     section = next((key for key in new if key in STAGE_SECTIONS), None)

@@ -21,7 +21,7 @@ from llmpipe.config.fields import leaves, value_at
 from llmpipe.config.keys import all_keys
 from llmpipe.config.paths import map_paths, resolve, resolve_default
 from llmpipe.config.recipes import find_recipe
-from llmpipe.config.schema import Recipe
+from llmpipe.config.schema import SHORTHANDS, Recipe
 from llmpipe.core.errors import UserError
 
 
@@ -51,14 +51,14 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str |
             loaded = {}
         if not isinstance(loaded, dict):
             raise UserError("a recipe must be a YAML mapping of keys to values", file=source)
-        raw = _expand_shorthands(loaded)
+        raw = loaded
+    for section, key in SHORTHANDS.items():
+        if isinstance(raw.get(section), str):
+            raw[section] = {key: raw[section]}
     in_file = _dotted_keys(raw)
     overridden: set[str] = set()
     for item in overrides:
         key, value = _parse_override(item, stage)
-        short = _shorthand(key)
-        if short and not isinstance(value, dict):
-            key = f"{key}.{short}"
         _set_dotted(raw, key, value)
         overridden |= {key} | _dotted_keys(value, f"{key}.")
     recipe = _build(Recipe, raw, prefix="", source=source)
@@ -67,22 +67,6 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str |
     _resolve_paths(recipe, in_file, overridden, str(Path(source).parent) if path is not None else None)
     validate(recipe)
     return recipe
-
-
-def _shorthand(key: str) -> str | None:
-    """The key a top-level section's plain value stands for (`base: PATH` is `base.source: PATH`), if it has one."""
-    kind = typing.get_type_hints(Recipe).get(key)
-    return getattr(kind, "SHORTHAND", None) if dataclasses.is_dataclass(kind) else None
-
-
-def _expand_shorthands(raw: dict[str, Any]) -> dict[str, Any]:
-    """A recipe's top-level sections written as one plain value, expanded to their shorthand key."""
-    out = dict(raw)
-    for key, value in raw.items():
-        short = _shorthand(str(key))
-        if short and value is not None and not isinstance(value, dict):
-            out[key] = {short: value}
-    return out
 
 
 def _dotted_keys(raw: Any, prefix: str = "") -> set[str]:
@@ -128,6 +112,9 @@ def _parse_override(item: str, stage: str | None) -> tuple[str, Any]:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
+    if key in SHORTHANDS and not isinstance(parsed, dict):
+        # `model=tiny-llama` sets the preset and keeps the recipe's other model keys.
+        key = f"{key}.{SHORTHANDS[key]}"
     return key, parsed
 
 

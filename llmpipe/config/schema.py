@@ -24,13 +24,14 @@ from llmpipe.config.constants import (
     DPO_LOSS_TYPES,
     GATE_ACTIONS,
     PRECISIONS,
+    QUANTIZE,
     REPORT_TO,
     REWARD_RULES,
     RL_ALGORITHMS,
 )
 from llmpipe.config.fields import documented, setting
 from llmpipe.config.paths import map_paths, portable
-from llmpipe.config.presets import PRESETS
+from llmpipe.config.presets import FAMILIES, PRESETS, resolve_model
 from llmpipe.registry import stage_for
 
 CHAT_SAMPLES = ["What colour is the kettle?", "What is 2 plus 3?"]
@@ -44,8 +45,6 @@ class BaseConfig:
     In a recipe, `base: PATH` is short for `base.source: PATH`. The model becomes the run's `base` stage:
     a folder that refers to the source's weights (verified by sha256, not copied) with the source's
     tokenizer and chat template, which every later stage starts from."""
-
-    SHORTHAND: typing.ClassVar[str] = "source"  # `base: PATH` in a recipe means `base.source: PATH`
 
     source: str = setting("", "A local Hugging Face model folder, hf:ORG/NAME[@REVISION] (downloaded through the hub "
                           "cache) or a .gguf file; empty: train from scratch (tokenizer, then pretrain).", path=True)
@@ -121,8 +120,11 @@ class LoRAConfig:
     r: int = setting(8, "Rank of the adapters.", ge=1, why="the adapters' rank")
     alpha: float = setting(16.0, "Scale of the adapters' update (alpha / r multiplies it).", gt=0)
     dropout: float = setting(0.0, "Dropout on the adapters' input.", ge=0, lt=1)
-    target_modules: list[str] = setting([], "Module names to adapt; empty: the model family's defaults "
-                                        "(llmpipe.models.LORA_TARGETS). Never lm_head.")
+    target_modules: list[str] = setting([], "Module names to adapt; empty: every linear layer but the output "
+                                        "layer (llmpipe.models.lora_targets). Never lm_head.")
+    # bitsandbytes' 4-bit kernels are CUDA-only; on CPU the check in llmpipe/train/args.py refuses it.
+    quantize: str = setting("none", "QLoRA: 4bit loads the frozen base in 4-bit NF4 (bitsandbytes, CUDA only; "
+                            "bf16 compute) to cut its memory ~4x; none: the base's own precision.", choices=QUANTIZE)
 
 
 @documented
@@ -305,13 +307,49 @@ class MonitorConfig:
 
 @documented
 @dataclass
+class ModelConfig:
+    """The network pretraining builds (later stages take their parent's). A preset names a family and a
+    shape; each key left at 0 / empty takes the preset's value (llmpipe/config/presets.py). A plain
+    string, `model: tiny`, is shorthand for `model: {preset: tiny}`."""
+
+    preset: str = setting("tiny", "Model preset, a family and a shape (llmpipe/config/presets.py); the *-llama and "
+                          "*-qwen3 ones match the GPT-2 presets' sizes.", choices=tuple(PRESETS), noun="model preset")
+    family: str = setting("", "Architecture: gpt2 (learned positions, LayerNorm, GELU MLP), llama (RoPE, RMSNorm, "
+                          "SwiGLU, grouped-query attention) or qwen3 (llama's plus QK-norm); empty: the preset's.",
+                          choices=FAMILIES, noun="model family", empty=True)
+    layers: int = setting(0, "Transformer blocks; 0: the preset's.", ge=0, why="0: the preset's")
+    width: int = setting(0, "Hidden size (d_model), a multiple of heads; 0: the preset's.", ge=0, why="0: the preset's")
+    heads: int = setting(0, "Attention (query) heads; 0: the preset's.", ge=0, why="0: the preset's")
+    kv_heads: int = setting(0, "Key/value heads (grouped-query attention; llama, qwen3), a divisor of heads; 0: the "
+                            "preset's, else as many as heads.", ge=0, why="0: the preset's")
+    context: int = setting(0, "Most tokens the model reads at once (its positions); 0: the preset's.", ge=0,
+                           why="0: the preset's")
+    mlp_ratio: float = setting(0.0, "MLP hidden size as a multiple of width; 0: the preset's (gpt2 4; llama and "
+                               "qwen3 8/3, as SwiGLU has 3 matrices).", ge=0, why="0: the preset's")
+    intermediate: int = setting(0, "MLP hidden size (transformers' intermediate_size), instead of mlp_ratio; 0: from "
+                                "mlp_ratio.", ge=0, why="0: from mlp_ratio")
+    qk_norm: bool = setting(False, "RMSNorm of each head's queries and keys before attention: qwen3 always has it, "
+                            "gpt2 and llama cannot, so true needs family qwen3.")
+    tie_embeddings: bool = setting(True, "One matrix for the input embedding and the output layer (tiny: saves "
+                                   "the 4096 x 256 = 1M of a second one).")
+    rope_theta: float = setting(0.0, "Base of the rotary positions (llama, qwen3); 0: the preset's, else 10000.", ge=0,
+                                why="0: the preset's")
+    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass instead of keeping "
+                                           "them, in every training stage: less memory for ~1/3 more compute.")
+
+    def resolved(self) -> dict[str, Any]:
+        """Every shape key with the preset's values filled in (llmpipe/config/presets.py)."""
+        return resolve_model(self)
+
+
+@documented
+@dataclass
 class Recipe:
     """A whole pipeline: shared settings plus one section per stage."""
 
     name: str = setting("tiny", "Run name: the run folder is runs/<name> unless --out says otherwise.")
     seed: int = setting(0, "Seed of initialisation, data order and sampling.", ge=0)
-    model: str = setting("tiny", "Model size preset (GPT-2 family, llmpipe/config/presets.py).",
-                         choices=tuple(PRESETS), noun="model preset")
+    model: ModelConfig = field(default_factory=ModelConfig)
     device: str = setting("auto", "Where to train; auto: cuda, else mps, else cpu.", choices=DEVICES)
     precision: str = setting("auto", "auto: bf16 autocast where the hardware runs it natively, else fp32.",
                              choices=PRECISIONS)
@@ -341,10 +379,16 @@ class Recipe:
             return {stage: _recorded(getattr(self, stage))}
         if spec.language_model:  # tokenizer training depends on its data and sizes alone
             shared = {"seed": self.seed, "precision": self.precision, "compile": self.compile,
+                      "gradient_checkpointing": self.model.gradient_checkpointing,
                       "monitor": dataclasses.asdict(self.monitor)}
         if spec.builds_model:  # later stages take their architecture from the parent
-            shared["model"] = self.model
+            shared["model"] = self.model.resolved()
         return {**shared, stage: _recorded(getattr(self, stage))}
+
+
+# Sections a plain value may stand for, and the key it is: `model: tiny` means `model: {preset: tiny}`
+# (the recipes and overrides written before `model` became a section keep working).
+SHORTHANDS = {"model": "preset", "base": "source"}
 
 
 def _recorded(section: Any) -> dict[str, Any]:

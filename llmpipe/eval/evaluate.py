@@ -20,6 +20,7 @@ from llmpipe.eval.heldout import measure
 from llmpipe.eval.metrics import chat_ids, generate_from_ids, text_ids
 from llmpipe.eval.probes import load_suite, score_suite, suite_name
 from llmpipe.loading import load_checkpoint
+from llmpipe.models import model_context
 from llmpipe.registry import STAGES, stage_spec
 from llmpipe.runs import Manifest, read_manifest, write_manifest
 
@@ -93,8 +94,8 @@ def evaluate(checkpoint: Path, data: list[str], probes: list[str], against: Path
     other = load_checkpoint(Path(against), device, need_template=False) if against is not None else None
     manifest = read_manifest(checkpoint) or Manifest()
     if max_length is None:
-        max_length = manifest.section().get("max_length") or model.config.n_positions
-    max_length = min(max_length, model.config.n_positions)
+        max_length = manifest.section().get("max_length") or model_context(model.config)
+    max_length = min(max_length, model_context(model.config))
     sets = {Path(spec).name.removesuffix(".jsonl") if not spec.startswith("hf:") else spec: load_dataset(spec, max_rows) for spec in data}
     suites = {suite_name(path): load_suite(path) for path in probes}
     if sets or suites:

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from llmpipe.data.shards import bos_prefix
+from llmpipe.models import model_context
 
 
 def _normalise(text: str) -> str:
@@ -76,7 +77,7 @@ def generate_from_ids(model: Any, tokenizer: Any, prompts: list[list[int]], max_
     config = copy.deepcopy(model.generation_config)
     config.max_new_tokens, config.do_sample = max_new_tokens, False
     config.temperature = config.top_p = config.top_k = None
-    room = max(getattr(model.config, "n_positions", 1024) - max_new_tokens, 1)
+    room = max(model_context(model.config) - max_new_tokens, 1)
     pad = tokenizer.pad_token_id
     replies = []
     try:
@@ -111,7 +112,7 @@ def continuation_logps(model: Any, pad_id: int, pairs: list[tuple[list[int], lis
     import torch
 
     device = next(model.parameters()).device
-    limit = getattr(model.config, "n_positions", 1024)
+    limit = model_context(model.config)
     sequences, starts = [], []
     for prefix, full in pairs:
         common = 0

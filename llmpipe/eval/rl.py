@@ -14,6 +14,7 @@ from typing import Any
 from llmpipe.chat_format import stop_token_ids
 from llmpipe.eval.metrics import chat_ids, generate_replies, padded
 from llmpipe.eval.rewards import exact_match, reply_text, score
+from llmpipe.models import model_context
 
 
 def _device(model: Any) -> Any:
@@ -26,7 +27,7 @@ def score_conversations(model: Any, tokenizer: Any, conversations: list[list[dic
     import torch
 
     ids = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=False) for c in conversations]
-    limit = getattr(model.config, "n_positions", 1024)
+    limit = model_context(model.config)
     ids = [row[-limit:] for row in ids]
     scores: list[float] = []
     was_training = model.training

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
 
+from llmpipe.config.presets import model_label
 from llmpipe.core.console import fmt_number, say
 from llmpipe.core.errors import UserError
 from llmpipe.data.blocks import BlockDataset, pack_blocks, token_blocks
@@ -21,25 +22,29 @@ from llmpipe.train.lora import load_model
 
 
 def train(ctx: StageContext) -> Path:
-    """Pretrain the recipe's model preset from random initialisation on its text; returns the stage folder."""
+    """Pretrain the recipe's model (its `model` section) from random initialisation on its text; returns the
+    stage folder."""
     recipe, writer, parent_dir, cfg = ctx.recipe, ctx.writer, ctx.parent_dir, ctx.cfg
     tokenizer = AutoTokenizer.from_pretrained(parent_dir)
     references = heldout_texts(recipe) if cfg.cleaning.decontaminate else []
     stream = stream_text(cfg, references)
 
     set_seed(recipe.seed)
-    # Continued pretraining starts from the parent's model (a base stage); from scratch, from the preset.
+    # Continued pretraining starts from the parent's model (a base stage); from scratch, from the model section.
     continued = (parent_dir / "config.json").is_file()
     if continued:
         model = load_model(parent_dir)
-        context, shape = model_context(model.config), f"{model.config.model_type} model from {parent_dir}"
+        context, label = model_context(model.config), f"{model.config.model_type} model from {parent_dir}"
+        hint = f"set pretrain.max_length <= {context}"
     else:
-        model_config = build_config(recipe.model, tokenizer)
-        context, shape = model_config.n_positions, f"{recipe.model} preset"
+        shape = recipe.model.resolved()
+        model_config = build_config(shape, tokenizer)
+        context, label = model_context(model_config), f"'{shape['preset']}' model"
+        hint = f"set pretrain.max_length <= {context} or raise model.context"
     if cfg.max_length > context:
         raise UserError(
-            f"is {cfg.max_length} but the {shape} has a context of {context}",
-            file=recipe.source, field="pretrain.max_length", hint=f"set pretrain.max_length <= {context}",
+            f"is {cfg.max_length} but the {label} has a context of {context}",
+            file=recipe.source, field="pretrain.max_length", hint=hint,
         )
     train_blocks, ctx.manifest.data = token_blocks(cfg, tokenizer, parent_dir, stream, references)
     val_texts = [r["text"] for r in stream.validation]
@@ -57,7 +62,7 @@ def train(ctx: StageContext) -> Path:
     if not continued:
         model = AutoModelForCausalLM.from_config(model_config)
     n_params = count_parameters(model)
-    say(f"pretrain: {shape}, {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks "
+    say(f"pretrain: {label if continued else model_label(shape)}, {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks "
         f"of {cfg.max_length} tokens, {len(val_blocks)} validation blocks")
 
     args = training_arguments(TrainingArguments, cfg, recipe, writer, include_num_input_tokens_seen="all")

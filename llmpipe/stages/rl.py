@@ -67,7 +67,7 @@ def train(ctx: StageContext) -> Path:
     ctx.manifest.data = data.report.to_manifest()
     # Loaded from its folder: TRL builds the frozen reference by re-loading the policy's name_or_path
     # (with LoRA there is no copy: the reference is the policy with its adapters disabled).
-    policy = load_model(parent_dir)
+    policy = load_model(parent_dir, ctx)
     set_generation_stops(policy, tokenizer)  # else sampling runs to max_new_tokens every time
 
     reward_model = reward_tokenizer = None

@@ -64,7 +64,7 @@ def train(ctx: StageContext) -> Path:
     tokenizer = load_chat_tokenizer(parent_dir)
     data = load_rows(ctx.spec.data, cfg, heldout_texts(recipe) if cfg.cleaning.decontaminate else [])
     ctx.manifest.data = data.report.to_manifest()
-    model = load_model(parent_dir)
+    model = load_model(parent_dir, ctx)
     set_generation_stops(model, tokenizer)
 
     train_set, cut = chat_dataset(tokenizer, data.train, cfg.max_length)

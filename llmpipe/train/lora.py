@@ -8,52 +8,81 @@ checkpoint: children, `llmpipe chat` and `AutoModelForCausalLM.from_pretrained(s
 like any other stage, and nothing is merged by hand. The adapter names its base (the parent folder,
 by absolute path) in adapter_config.json; `llmpipe export --merge` merges it again from there.
 
-Use: `model = load_model(parent_dir)`, `peft = peft_config(cfg.lora, model, "sft")`, pass `peft_config=peft`
-to the TRL trainer; `llmpipe.train.fit.fit` saves through `save_trained`.
+Every family llmpipe builds (gpt2, llama, qwen3) and any imported causal LM takes adapters on every
+linear layer but the output layer by default (`llmpipe.models.lora_targets`, peft's "all-linear").
+
+QLoRA (`lora.quantize: 4bit`, CUDA only): the frozen base loads in 4-bit NF4 through bitsandbytes
+with bf16 compute (float16 on a GPU without bf16) and goes through peft's
+`prepare_model_for_kbit_training`; the adapters train in fp32. The merged checkpoint is the adapter
+merged into the full-precision parent (merging into 4-bit weights would round the update away): it
+differs from the quantized model trained on by the 4-bit rounding of the base. Written without a GPU
+at hand: the refusal on CPU is tested, the 4-bit path itself has not run yet.
+
+Use: `model = load_model(parent_dir, ctx)`, `peft = peft_config(cfg.lora, model, "sft")`, pass
+`peft_config=peft` to the TRL trainer; `llmpipe.train.fit.fit` saves through `save_trained`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
 from llmpipe.core.files import sha256_file
-from llmpipe.models import LORA_TARGETS
+from llmpipe.models import lora_targets
+from llmpipe.runs.context import StageContext
+from llmpipe.train.args import bf16_supported, check_quantization
 
 ADAPTER = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def load_model(checkpoint: Path) -> Any:
+def load_model(checkpoint: Path, ctx: StageContext | None = None) -> Any:
     """A stage checkpoint as a model to train, loaded by absolute path: a LoRA adapter records the path
-    its base was loaded from, and a relative one would break as soon as the working folder changes."""
+    its base was loaded from, and a relative one would break as soon as the working folder changes.
+    With the stage's `lora.quantize: 4bit`, the base loads in 4-bit on this process's GPU (QLoRA)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(Path(checkpoint).resolve())
+    path = Path(checkpoint).resolve()
+    lora = getattr(ctx.cfg, "lora", None) if ctx is not None else None
+    if lora is None or not lora.enabled or lora.quantize == "none":
+        return AutoModelForCausalLM.from_pretrained(path)
+    check_quantization(ctx.recipe, ctx.spec.section)
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if bf16_supported("cuda") else torch.float16
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    # One whole copy per process of a distributed launch, on that process's GPU.
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=compute,
+                                                 device_map={"": int(os.environ.get("LOCAL_RANK", "0"))})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=ctx.recipe.model.gradient_checkpointing)
 
 
 def peft_config(cfg: Any, model: Any, section: str) -> Any | None:
     """peft's LoraConfig for a recipe `lora` section (None when LoRA is off). Target modules default to
-    the model family's (llmpipe.models.LORA_TARGETS); names the model lacks are the user's mistake."""
+    every linear layer but the output layer (llmpipe.models.lora_targets); names the model lacks are
+    the user's mistake."""
     if not cfg.enabled:
         return None
     from peft import LoraConfig
     from transformers.pytorch_utils import Conv1D
 
-
     model_type = model.config.model_type
-    targets = list(cfg.target_modules or LORA_TARGETS.get(model_type, []))
+    defaults = lora_targets(model)
+    targets = list(cfg.target_modules or defaults)
     if not targets:
-        raise UserError(f"no default LoRA target modules for a '{model_type}' model", field=f"{section}.lora.target_modules",
-                        hint="name the linear layers to adapt, e.g. [q_proj, v_proj]")
+        raise UserError(f"a '{model_type}' model has no linear layer to adapt", field=f"{section}.lora.target_modules",
+                        hint="name the layers to adapt, e.g. [q_proj, v_proj]")
     modules = {name.rsplit(".", 1)[-1]: module for name, module in model.named_modules()}
     missing = [t for t in targets if t not in modules]
     if missing:
         raise UserError(f"this {model_type} model has no module named {', '.join(missing)}", field=f"{section}.lora.target_modules",
-                        hint=f"leave it empty for the defaults ({', '.join(LORA_TARGETS.get(model_type, []))})")
+                        hint=f"leave it empty for the defaults ({', '.join(defaults)})")
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

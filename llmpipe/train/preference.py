@@ -40,7 +40,7 @@ def preference_trainer(ctx: StageContext, trainer_class: type, config_class: typ
     `precompute_ref_log_probs`), not again at every step, and no reference copy is held: TRL takes
     them from the untrained policy, or with LoRA from the policy with its adapters disabled."""
     cfg = ctx.cfg
-    policy = load_model(ctx.parent_dir)
+    policy = load_model(ctx.parent_dir, ctx)
     set_generation_stops(policy, tokenizer)
     args = training_arguments(config_class, cfg, ctx.recipe, ctx.writer, beta=cfg.beta, max_length=cfg.max_length,
                               include_num_input_tokens_seen="non_padding", precompute_ref_log_probs=True, **settings)
