@@ -153,3 +153,16 @@ def test_debug_flag_shows_the_full_error():
     result = invoke("pretrain", MICRO, "max_step=3", "--debug")
     assert result.exit_code != 0 and isinstance(result.exception, UserError)
     assert "did you mean 'pretrain.max_steps'" in str(result.exception)
+
+
+def test_rows_for_steps_keeps_all_rows_a_run_goes_through_and_samples_the_rest():
+    from llmpipe.config import AlignConfig
+    from llmpipe.train.args import rows_for_steps
+
+    cfg = AlignConfig(max_steps=3, batch_size=4, grad_accum=2)
+    rows = list(range(100))
+    sample = rows_for_steps(rows, cfg, seed=0)
+    assert len(sample) == 24 and sample == sorted(sample) and len(set(sample)) == 24
+    assert rows_for_steps(rows, cfg, seed=0) == sample and rows_for_steps(rows, cfg, seed=1) != sample
+    assert rows_for_steps(rows, cfg, seed=0, processes=2) != sample and len(rows_for_steps(rows, cfg, 0, processes=2)) == 48
+    assert rows_for_steps(rows[:20], cfg, seed=0) == rows[:20]

@@ -12,8 +12,8 @@ Settings that make the pins mean something on a model this small:
   micro run trains in bf16 wherever the CPU has it, which would make every number machine-dependent.
 - No warmup, and learning rates above the recipe's for the preference stages (dpo and the reward
   model 1e-3, kto 5e-3), so that 4 steps move the loss well beyond the tolerance. The preference
-  stages train on the first 32 pairs of data/prefs.train.jsonl (KTO and DPO score their reference
-  on every training row before step 1). Probes, samples, held-out scoring and the gate are off.
+  stages train on the first 32 pairs of data/prefs.train.jsonl; DPO and KTO score their reference
+  before step 1 on the 16 rows (seeded sample) their 4 steps of 4 read (train.args.rows_for_steps). Probes, samples, held-out scoring and the gate are off.
 - grpo samples its completions; the recipe's seed fixes them (same replies, same rewards in every
   run). Rule rewards alone pin nothing here: no reply of the micro model is ever right, so every
   exact_match reward is 0, the group advantages vanish and loss and gradient are exactly 0 at every
@@ -37,11 +37,12 @@ from pathlib import Path
 import pytest
 from conftest import MICRO, ROOT, invoke
 
-# Per stage: the loss and gradient norm of steps 1-4 (fp32, one thread, seed 0), measured 2026-12-03.
+# Per stage: the loss and gradient norm of steps 1-4 (fp32, one thread, seed 0), measured 2026-12-03; dpo and
+# kto re-pinned the same day when they began to train on the rows their steps read (rows_for_steps).
 GOLDEN = {
     "sft": {"loss": [5.977453, 5.924242, 5.934102, 5.889297], "grad_norm": [2.229043, 2.306351, 2.094067, 2.378469]},
-    "dpo": {"loss": [0.693147, 0.667741, 0.679920, 0.659733], "grad_norm": [0.853765, 0.824492, 1.222232, 1.292787]},
-    "kto": {"loss": [0.5, 0.501324, 0.495983, 0.490300], "grad_norm": [0.291698, 0.325313, 0.487604, 0.329863]},
+    "dpo": {"loss": [0.693147, 0.672742, 0.687032, 0.664972], "grad_norm": [0.952914, 0.748326, 0.500257, 0.844360]},
+    "kto": {"loss": [0.5, 0.499594, 0.576903, 0.493095], "grad_norm": [0.345319, 0.376100, 0.482824, 0.362572]},
     "reward": {"loss": [0.685700, 0.714868, 0.692205, 0.648366], "grad_norm": [1.113719, 1.918623, 2.132927, 2.671140]},
     "grpo": {"loss": [0.0, 0.000200, 0.000341, 0.198222], "grad_norm": [1.302997, 1.232898, 1.149431, 1.417111]},
 }

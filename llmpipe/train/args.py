@@ -13,6 +13,7 @@ base computes in bf16 (llmpipe/train/lora.py), its adapters stay fp32.
 from __future__ import annotations
 
 import importlib.util
+import random
 from typing import Any
 
 import torch
@@ -103,6 +104,20 @@ def training_arguments(args_class: type, cfg: TrainConfig, recipe: Recipe, write
         **placement(recipe),
         **extra,
     )
+
+
+def rows_for_steps(rows: list[Any], cfg: TrainConfig, seed: int, processes: int = 1) -> list[Any]:
+    """The training rows `max_steps` will draw: all of them when the steps go through the data at least
+    once, else a seeded random sample of as many rows as the steps take (in the data's order).
+
+    For trainers that do work per dataset row before the first step: DPO and KTO score the frozen
+    reference on every training row up front. On 1,853 hh-rlhf pairs and SmolLM2-135M on 2 CPU cores that
+    took more than 12 minutes (stopped there) before a 1-step run that reads 4 of them."""
+    needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum * processes
+    if len(rows) <= needed:
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), needed))
+    return [rows[i] for i in keep]
 
 
 def limit_rows(rows: list[Any], cfg: TrainConfig) -> list[Any]:

@@ -13,9 +13,10 @@ from accelerate import PartialState
 from datasets import Dataset, load_from_disk
 
 from llmpipe.chat_format import load_chat_tokenizer, set_generation_stops
+from llmpipe.core.console import say
 from llmpipe.data.pipeline import heldout_texts, load_rows
 from llmpipe.runs.context import StageContext
-from llmpipe.train.args import training_arguments
+from llmpipe.train.args import rows_for_steps, training_arguments
 from llmpipe.train.fit import build_trainer
 from llmpipe.train.lora import load_model, peft_config
 
@@ -40,6 +41,12 @@ def preference_trainer(ctx: StageContext, trainer_class: type, config_class: typ
     `precompute_ref_log_probs`), not again at every step, and no reference copy is held: TRL takes
     them from the untrained policy, or with LoRA from the policy with its adapters disabled."""
     cfg = ctx.cfg
+    used = rows_for_steps(train_rows, cfg, ctx.recipe.seed, PartialState().num_processes)
+    if len(used) < len(train_rows):
+        ctx.manifest.data["rows_for_steps"] = len(used)
+        say(f"{ctx.spec.name}: {cfg.max_steps} steps read {len(used)} of the {len(train_rows)} training rows (a seeded sample); "
+            "only those are scored by the reference")
+    train_rows = used
     policy = load_model(ctx.parent_dir, ctx)
     set_generation_stops(policy, tokenizer)
     args = training_arguments(config_class, cfg, ctx.recipe, ctx.writer, beta=cfg.beta, max_length=cfg.max_length,
