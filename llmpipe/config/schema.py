@@ -185,6 +185,9 @@ class SFTConfig(TrainConfig):
     accuracy_rows: int = setting(100, "Held-out rows with an `answer` field scored by greedy generation, "
                                  "before and after training.", ge=0)
     max_new_tokens: int = setting(24, "Tokens generated at most per reply (accuracy rows, logged samples).", ge=1)
+    replay_fraction: float = setting(0.0, "Share of the training tokens that are the lineage's pretraining text "
+                                     "(blocks of max_length, loss on every token), against forgetting it "
+                                     "(llmpipe/train/replay.py); 0: chat rows only.", ge=0, lt=1)
     probes: list[str] = setting([f"{DATA}/probes.chat.jsonl"])
     sample_prompts: list[str] = setting(CHAT_SAMPLES)
 
@@ -219,8 +222,9 @@ class AlignConfig(TrainConfig):
     undesirable_weight: float = setting(1.0, "KTO: loss weight of undesirable rows, to balance unequal "
                                         "counts (KTO paper, eq. 8).", gt=0)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    preference_rows: int = setting(200, "Held-out pairs scored by whether the model gives the chosen reply "
-                                   "the higher log-likelihood, before and after.", ge=0)
+    preference_rows: int = setting(200, "Held-out pairs scored before and after (every align method, RL where "
+                                   "the validation files hold pairs): implicit-reward accuracy against the "
+                                   "parent, per-token and summed log-likelihood accuracy.", ge=0)
     probes: list[str] = setting([f"{DATA}/probes.chat.jsonl"])
     sample_prompts: list[str] = setting(CHAT_SAMPLES)
     rl: str = setting(RL_ALGORITHMS[0], "The RL algorithm of method rlhf (grpo and rloo name their own).",
