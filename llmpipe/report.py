@@ -164,6 +164,7 @@ METRIC_LABELS = {
     "summed_logp_accuracy": "summed_logp_accuracy (extra: mostly says which reply is shorter)",
     "summed_logp_margin": "summed_logp_margin (extra)",
     "per_token_logp_accuracy": "per_token_logp_accuracy (length-normalised)",
+    "reward_accuracy": "reward_accuracy (TRL's eval: rewards/accuracies on max_length-cut rows)",
 }
 
 

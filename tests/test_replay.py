@@ -78,3 +78,25 @@ def test_sft_replays_the_lineage_pretraining_text(micro_copy: Path, fraction: fl
     assert replay["token_cache"] == pretrain["token_cache"] and replay["rebuilt"] is False
     assert abs(replay["share"] - fraction) < 0.02
     assert "replaying" in result.output
+
+
+def test_a_gone_token_cache_is_found_again_from_the_recorded_pretrain_settings(micro_copy: Path):
+    import json
+
+    from llmpipe.chat_format import load_chat_tokenizer
+    from llmpipe.config import load_recipe
+    from llmpipe.train.replay import replay_blocks
+
+    def edit(stage: str, change) -> None:
+        path = micro_copy / stage / "manifest.json"
+        manifest = json.loads(path.read_text())
+        change(manifest)
+        path.write_text(json.dumps(manifest))
+
+    # The copy's sft names the original run's pretrain as its parent: point it at the copy's.
+    edit("sft", lambda m: m["parent"].update(path=str((micro_copy / "pretrain").resolve())))
+    cache = read_manifest(micro_copy / "pretrain")["data"]["token_cache"]
+    edit("pretrain", lambda m: m["data"].update(token_cache=str(micro_copy / "gone")))
+    blocks, source = replay_blocks(load_recipe(MICRO), micro_copy / "sft", load_chat_tokenizer(micro_copy / "sft"), 64)
+    # The recorded data settings and the tokenizer give the same content key, so the same cache.
+    assert source["rebuilt"] is True and source["token_cache"] == cache and len(blocks) > 0
