@@ -160,6 +160,15 @@ def _data_section(manifest: Manifest) -> list[Block]:
     return blocks
 
 
+# Metrics shown with a label that says what they are (llmpipe.eval.pairs says why).
+METRIC_LABELS = {
+    "summed_logp_accuracy": "summed_logp_accuracy (extra: mostly says which reply is shorter)",
+    "summed_logp_margin": "summed_logp_margin (extra)",
+    "per_token_logp_accuracy": "per_token_logp_accuracy (length-normalised)",
+    "reward_accuracy": "reward_accuracy (TRL's eval: rewards/accuracies on max_length-cut rows)",
+}
+
+
 def _metrics_section(manifest: Manifest) -> list[Block]:
     metrics = manifest.metrics
     headline = manifest.headline()
@@ -172,13 +181,20 @@ def _metrics_section(manifest: Manifest) -> list[Block]:
         base = key.removesuffix("_before")
         if key != base and base in metrics:
             paired.update((key, base))
-            rows.append([base, fmt(before), fmt(metrics[base]), _change(before, metrics[base])])
+            rows.append([METRIC_LABELS.get(base, base), fmt(before), fmt(metrics[base]), _change(before, metrics[base])])
     for key, value in metrics.items():
-        if key not in paired and isinstance(value, str | int | float | bool):
-            rows.append([key, "-", fmt(value), "-"])
+        if key in paired or not isinstance(value, str | int | float | bool):
+            continue
+        if key.endswith("_note"):  # why a measure is missing: shown in its place
+            rows.append([key.removesuffix("_note"), "-", f"- ({value})", "-"])
+        else:
+            rows.append([METRIC_LABELS.get(key, key), "-", fmt(value), "-"])
     if not rows:
         return [("h3", "Metrics"), ("p", "no metrics recorded")]
-    return [("h3", "Metrics"), ("table", ["metric", "before", "after", "change"], rows)]
+    blocks: list[Block] = [("h3", "Metrics"), ("table", ["metric", "before", "after", "change"], rows)]
+    if headline.get("why"):
+        blocks.append(("p", f"Why {headline.get('name')} is the headline: {headline['why']}"))
+    return blocks
 
 
 def _gate_section(manifest: Manifest) -> list[Block]:

@@ -54,6 +54,22 @@ def test_stage_metrics_are_recorded(micro_run: Path):
     assert dpo["reward_accuracy"] is not None and dpo["reward_margin"] is not None
 
 
+def test_dpo_manifest_carries_the_pair_measures_and_its_headline(micro_run: Path):
+    manifest = read_manifest(micro_run / "dpo")
+    metrics = manifest["metrics"]
+    # The implicit reward is measured against the parent: 0.5 and 0 before, by definition.
+    assert metrics["implicit_reward_accuracy_before"] == 0.5 and metrics["implicit_reward_margin_before"] == 0.0
+    for key in ("implicit_reward_accuracy", "per_token_logp_accuracy", "summed_logp_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0 and f"{key}_before" in metrics, key
+    assert 0.0 <= metrics["chosen_longer_share"] <= 1.0
+    assert metrics["reward_model_win_rate_note"] == "no reward model: DPO trains without one"
+    assert "reward_model_win_rate" not in metrics
+    headline = manifest["summary"]["metric"]
+    assert headline["name"] == "held-out implicit-reward accuracy" and headline["before"] == 0.5
+    assert headline["after"] == metrics["implicit_reward_accuracy"] and "pi_ref" in headline["why"]
+    assert manifest["before"] == {}  # the per-pair scores are kept for a resume only
+
+
 def test_every_checkpoint_loads_with_auto_classes_and_generates(micro_run: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -79,7 +95,7 @@ def test_run_again_skips_complete_stages(micro_copy: Path):
     assert result.exit_code == 0, result.output
     assert result.output.count("skipping") == 4
     assert {s: manifest_sha(micro_copy / s) for s in STAGES} == before
-    assert "held-out preference accuracy" in result.stdout
+    assert "held-out implicit-reward accuracy" in result.stdout
 
 
 def test_single_stage_commands_and_explicit_parent(micro_run: Path, tmp_path: Path):

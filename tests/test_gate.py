@@ -54,6 +54,7 @@ sft:
   probes: []
   sample_prompts: []
   cleaning: {exact_dedup: false, decontaminate: false}
+  replay_fraction: 0   # the planted forgetting: replaying the pretraining text would soften it
 """, encoding="utf-8")
     files = {
         "pretrain.train_files": _write(tmp_path / "text.jsonl", text),

@@ -13,7 +13,8 @@ Settings that make the pins mean something on a model this small:
 - No warmup, and learning rates above the recipe's for the preference stages (dpo and the reward
   model 1e-3, kto 5e-3), so that 4 steps move the loss well beyond the tolerance. The preference
   stages train on the first 32 pairs of data/prefs.train.jsonl; DPO and KTO score their reference
-  before step 1 on the 16 rows (seeded sample) their 4 steps of 4 read (train.args.rows_for_steps). Probes, samples, held-out scoring and the gate are off.
+  before step 1 on the 16 rows (seeded sample) their 4 steps of 4 read (train.args.rows_for_steps).
+  Probes, samples, held-out scoring and the gate are off.
 - grpo samples its completions; the recipe's seed fixes them (same replies, same rewards in every
   run). Rule rewards alone pin nothing here: no reply of the micro model is ever right, so every
   exact_match reward is 0, the group advantages vanish and loss and gradient are exactly 0 at every
@@ -97,7 +98,8 @@ def chain(micro_run: Path, tmp_path_factory) -> Path:
     (run.parent / "prefs.head.jsonl").write_text("".join(lines[:32]), encoding="utf-8")
     _cli("pretrain", MICRO, *FP32, "max_steps=6", "log_every=1", "eval_every=6", "save_every=6", "warmup_steps=1",
          "--from", str(micro_run / "tokenizer"), "--out", str(run))
-    _cli("sft", MICRO, *FP32, *STEPS, "accuracy_rows=0", "--out", str(run))
+    # Without replay: the pins are of TRL's SFT maths on chat rows (replay changes the batches, not the maths).
+    _cli("sft", MICRO, *FP32, *STEPS, "accuracy_rows=0", "replay_fraction=0", "--out", str(run))
     return run
 
 

@@ -51,7 +51,8 @@ def test_dpo_loss_variants_train(micro_run: Path, tmp_path: Path, loss_type: str
     losses = [h["loss"] for h in manifest["evals"] if "loss" in h]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     metrics = manifest["metrics"]
-    assert metrics["preference_rows"] == 8 and metrics["preference_accuracy_before"] is not None
+    assert metrics["preference_rows"] == 8 and metrics["per_token_logp_accuracy_before"] is not None
+    assert metrics["implicit_reward_accuracy_before"] == 0.5 and metrics["implicit_reward_accuracy"] is not None
     assert manifest["parameters"]["trainable"] == manifest["parameters"]["total"]  # full fine-tuning
 
 
@@ -85,17 +86,19 @@ def test_kto_end_to_end_on_unpaired_and_paired_rows(micro_run: Path, tmp_path: P
     result = invoke("align", MICRO, "--method", "kto", "--from", str(micro_run / "sft"), "--out", str(run),
                     f"train_files=[{train}]", f"validation_files=[{validation}]", *FAST)
     assert result.exit_code == 0, result.output
-    assert "kto: held-out preference accuracy" in result.output
+    assert "kto: held-out implicit-reward accuracy" in result.output
     manifest = read_manifest(run / "kto")
     assert manifest["stage"] == "kto" and manifest["status"] == "complete" and manifest["parent"]["stage"] == "sft"
     # 60 pairs give 60 desirable + 60 undesirable rows, the 60 unpaired rows alternate.
     assert manifest["data"]["kto_train_rows"] == {"desirable": 90, "undesirable": 90}
     metrics = manifest["metrics"]
-    for key in ("preference_accuracy_before", "preference_accuracy", "unpaired_accuracy_before", "unpaired_accuracy",
+    for key in ("implicit_reward_accuracy_before", "implicit_reward_accuracy", "per_token_logp_accuracy_before",
+                "per_token_logp_accuracy", "summed_logp_accuracy", "unpaired_accuracy_before", "unpaired_accuracy",
                 "reward_margin", "kl", "validation_loss"):
         assert metrics[key] is not None, key
     assert metrics["preference_rows"] == 8 and metrics["unpaired_rows"] == 8
-    assert manifest["summary"]["metric"]["name"] == "held-out preference accuracy"
+    assert manifest["summary"]["metric"]["name"] == "held-out implicit-reward accuracy"
+    assert metrics["reward_model_win_rate_note"] == "no reward model: KTO trains without one"
     kinds = {h["name"]: h["kind"] for h in manifest["protected"]["heldout"]}
     assert kinds == {"preference-validation": "preference", "unpaired-validation": "unpaired"}
     # The protected unpaired rows measure as the gate of a child stage would measure them.

@@ -35,6 +35,9 @@ def test_chain_on_shakespeare_alpaca_and_hh(tmp_path: Path):
     assert sft["summary"]["metric"]["after"] < sft["summary"]["metric"]["before"]
     dpo = read_manifest(tmp_path / "real" / "dpo")
     assert {s["split"]: s["rows"] for s in dpo["data"]["sources"]} == {"train": 1853, "validation": 112}
-    assert 0.0 <= dpo["metrics"]["preference_accuracy"] <= 1.0 and dpo["metrics"]["preference_rows"] == 16
+    metrics = dpo["metrics"]
+    for key in ("implicit_reward_accuracy", "per_token_logp_accuracy", "summed_logp_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0 and 0.0 <= metrics[f"{key}_before"] <= 1.0, key
+    assert metrics["preference_rows"] == 16 and metrics["implicit_reward_accuracy_before"] == 0.5
     assert dpo["metrics"]["reward_accuracy"] is not None
-    assert "held-out preference accuracy" in result.stdout
+    assert "held-out implicit-reward accuracy" in result.stdout

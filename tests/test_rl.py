@@ -140,7 +140,12 @@ def test_rlhf_trains_a_reward_model_then_the_policy(rlhf_run: Path):
         assert isinstance(pm[key], float) and isinstance(pm[f"{key}_before"], float), key
     assert abs(pm["kl_before"]) < 1e-3  # the policy starts as its reference
     assert pm["max_kl"] == 2.0 and pm["kl_within_bound"] == (pm["kl"] <= 2.0)
-    assert policy["summary"]["metric"]["name"] == "held-out reward-model score"
+    assert policy["summary"]["metric"]["name"] == "held-out reward-model win rate over the parent"
+    # Against the parent: greedy replies under the reward model, and the held-out pairs (prefs.validation).
+    assert pm["reward_model_win_rate_before"] == 0.5 and 0 <= pm["reward_model_win_rate"] <= 1 and pm["win_rate_prompts"] == 8
+    assert pm["implicit_reward_accuracy_before"] == 0.5 and 0 <= pm["implicit_reward_accuracy"] <= 1
+    assert pm["preference_rows"] == 16 and 0 <= pm["per_token_logp_accuracy"] <= 1
+    assert "pair_scores" not in pm and "reply_rewards" not in pm
     assert policy["gate"]["parent_stage"] == "sft" and policy["gate"]["checks"]
     assert {p["name"] for p in policy["protected"]["heldout"]} == {"rlhf-prompts"}
     assert [h for h in policy["evals"] if "loss" in h] and (rlhf_run / "rlhf" / "tensorboard").is_dir()
@@ -157,7 +162,7 @@ def test_rlhf_trains_a_reward_model_then_the_policy(rlhf_run: Path):
         assert model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] > ids["input_ids"].shape[1]
 
     table = invoke("summary", str(rlhf_run))
-    assert table.exit_code == 0 and "reward" in table.stdout and "held-out reward-model score" in table.stdout
+    assert table.exit_code == 0 and "reward" in table.stdout and "held-out reward-model win rate over the parent" in table.stdout
     assert invoke("report", str(rlhf_run)).exit_code == 0
 
 
@@ -186,6 +191,9 @@ def test_run_with_grpo_trains_on_verifiable_answers(micro_copy: Path):
     assert 0 <= metrics["exact_match_accuracy_before"] <= 1 and 0 <= metrics["exact_match_accuracy"] <= 1
     assert manifest["summary"]["metric"]["name"] == "held-out exact-match accuracy"
     assert manifest["data"]["train_rows"] == 521 and manifest["reward_model"] is None
+    # Verifiable questions are prompts, not pairs, and there is no reward model: each missing measure says why.
+    assert metrics["implicit_reward_accuracy_note"].startswith("no held-out pairs")
+    assert metrics["reward_model_win_rate_note"].startswith("no reward model")
     protected = micro_copy / "grpo" / manifest["protected"]["heldout"][0]["file"]
     assert all("answer" in json.loads(line) for line in protected.read_text().splitlines())
     assert "grpo" in result.stdout  # in the summary table

@@ -61,7 +61,7 @@ def test_every_stage_completes_under_a_two_process_launch(runs):
     for stage in ("tokenizer", *STAGES):
         assert read_manifest(double / stage)["status"] == "complete", stage
     # One summary table per command, printed by the first process only.
-    assert stdout.count("held-out preference accuracy") == 1
+    assert stdout.count("held-out implicit-reward accuracy") == 1
     # Both processes trained: the global batch, so the tokens seen, equals the one-process run's.
     assert read_manifest(double / "pretrain")["summary"]["tokens"] == read_manifest(single / "pretrain")["summary"]["tokens"]
     assert (double / "tokenizer" / "tokenizer.json").read_bytes() == (single / "tokenizer" / "tokenizer.json").read_bytes()

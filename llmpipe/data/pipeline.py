@@ -161,6 +161,12 @@ def load_rows(kind: str, cfg: Any, references: list[str] = ()) -> StageData:
     return StageData(train=train, validation=validation, report=report)
 
 
+def validation_rows(kind: str, cfg: Any) -> list[dict[str, Any]]:
+    """The held-out rows of `cfg` read as `kind`, without a pass over the train files (an RL stage
+    reads its validation files again as preference pairs, where they are pairs)."""
+    return _validation_rows(kind, cfg, DataReport())
+
+
 @dataclass
 class TextStream:
     """Pretraining text: held-out rows in memory, training rows as a stream that can be replayed."""

@@ -1,4 +1,4 @@
-"""`llmpipe eval CKPT`: held-out loss / perplexity / bits per byte, probe suites, preference accuracy
+"""`llmpipe eval CKPT`: held-out loss / perplexity / bits per byte, probe suites, per-token preference accuracy
 and samples for any checkpoint, optionally side by side with another (`--against`).
 
 With no datasets or suites named, a checkpoint is measured on what its stage protected (its own
@@ -130,6 +130,8 @@ def _detail(result: dict[str, Any], key: str) -> str:
     if key == "tokens" and result.get("tokens_total"):
         share = result.get("scored_share", result["tokens"] / result["tokens_total"])
         return f"tokens {result['tokens']} of {result['tokens_total']} ({share:.1%})"
+    if key == "summed_accuracy":  # labelled: it mostly says which reply is shorter (llmpipe.eval.pairs)
+        return f"summed-logp accuracy {result[key]:.4f} (length-biased)"
     return f"{key} {result[key]}"
 
 
@@ -139,8 +141,10 @@ def render(evaluation: dict[str, Any]) -> str:
     header = ["set", "kind", "measure", "value"] + (["against", "change"] if other else []) + ["details"]
     lines = []
     for name, result in evaluation["results"].items():
-        measure_name = "loss" if result["kind"] == "loss" else ("accuracy" if result.get("dataset_kind") == "preference" else "score")
-        details = ", ".join(_detail(result, k) for k in ("perplexity", "bpb", "tokens", "rows", "n") if result.get(k) is not None)
+        pairs = result.get("dataset_kind") == "preference"
+        measure_name = "loss" if result["kind"] == "loss" else ("per-token accuracy" if pairs else "score")
+        details = ", ".join(_detail(result, k) for k in ("perplexity", "bpb", "tokens", "rows", "n", "summed_accuracy")
+                            if result.get(k) is not None)
         row = [name, result.get("dataset_kind", result["kind"]), measure_name, _value(result)]
         if other:
             theirs = other.get(name)

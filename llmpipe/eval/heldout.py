@@ -1,5 +1,5 @@
 """Held-out measures of a checkpoint on a dataset: loss, perplexity and bits per byte on text,
-assistant-token loss on chat, preference accuracy on pairs.
+assistant-token loss on chat, per-token preference accuracy on pairs (llmpipe.eval.pairs).
 
 Computed here (not by a trainer's evaluate) so that `llmpipe eval`, the regression gate and the
 stages measure two checkpoints with the same code on the same rows.
@@ -12,7 +12,8 @@ from typing import Any
 
 from llmpipe.chat_format import assistant_mask
 from llmpipe.data.blocks import pack_blocks
-from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
+from llmpipe.eval.metrics import unpaired_accuracy
+from llmpipe.eval.pairs import pair_measures, pair_scores
 from llmpipe.eval.rl import prompt_accuracy
 
 
@@ -108,5 +109,10 @@ def measure(model: Any, tokenizer: Any, kind: str, rows: list[dict[str, Any]], m
 
         result = unpaired_accuracy(model, tokenizer, rows, batch_size)
         return {"kind": "score", "value": result["accuracy"], **result}
-    result = preference_accuracy(model, tokenizer, rows, batch_size)
-    return {"kind": "score", "value": result["accuracy"], **result}
+    # One checkpoint alone has no reference, so no implicit reward: its own per-token ranking is the
+    # value; the summed comparison, which mostly measures reply length, is kept beside it.
+    scores = pair_scores(model, tokenizer, rows, batch_size) if rows else None
+    pairs = pair_measures(scores, scores, 1.0) if scores else {}
+    return {"kind": "score", "value": pairs.get("per_token_accuracy"), "rows": len(rows),
+            "per_token_margin": pairs.get("per_token_margin"), "summed_accuracy": pairs.get("summed_accuracy"),
+            "chosen_longer_share": pairs.get("chosen_longer_share")}

@@ -1,4 +1,5 @@
-"""Held-out quality measures that show what a stage did: answer accuracy and preference accuracy.
+"""Held-out quality measures that show what a stage did: answer accuracy, and the log-likelihood
+scoring the preference measures (llmpipe.eval.pairs) are built on.
 
 Written here rather than taken from a library because they must use the checkpoint's own chat
 template exactly as training did, and run in seconds on CPU inside a stage.
@@ -109,6 +110,13 @@ def continuation_logps(model: Any, pad_id: int, pairs: list[tuple[list[int], lis
     """Summed log-probability of each `full` sequence's tokens after its `prefix` (pairs of id lists).
 
     Sequences longer than the context keep their end; at least the last token is always scored."""
+    return [total for total, _ in continuation_scores(model, pad_id, pairs, batch_size)]
+
+
+def continuation_scores(model: Any, pad_id: int, pairs: list[tuple[list[int], list[int]]],
+                        batch_size: int = 16) -> list[tuple[float, int]]:
+    """(summed log-probability, tokens scored) of each `full` sequence after its `prefix`, as
+    continuation_logps scores them: the count is what a per-token measure divides by."""
     import torch
 
     device = next(model.parameters()).device
@@ -121,7 +129,7 @@ def continuation_logps(model: Any, pad_id: int, pairs: list[tuple[list[int], lis
         cut = max(len(full) - limit, 0)
         sequences.append(full[cut:])
         starts.append(min(max(common - cut, 1), len(full) - cut - 1))
-    totals = []
+    totals: list[tuple[float, int]] = []
     was_training = model.training
     model.eval()
     try:
@@ -133,10 +141,19 @@ def continuation_logps(model: Any, pad_id: int, pairs: list[tuple[list[int], lis
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
             logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             for i, s in enumerate(chunk):
-                totals.append(logps[i, starts[b + i] - 1 : len(s) - 1].sum().item())
+                scored = logps[i, starts[b + i] - 1 : len(s) - 1]
+                totals.append((scored.sum().item(), scored.numel()))
     finally:
         model.train(was_training)
     return totals
+
+
+def completion_scores(model: Any, tokenizer: Any, prompts: list[list[dict]], completions: list[list[dict]],
+                      batch_size: int = 16) -> list[tuple[float, int]]:
+    """(summed log-probability, tokens) of each chat completion after its prompt, both rendered by the
+    checkpoint's chat template as training renders them."""
+    pairs = [(chat_ids(tokenizer, p), chat_ids(tokenizer, p, c)) for p, c in zip(prompts, completions)]
+    return continuation_scores(model, tokenizer.pad_token_id, pairs, batch_size)
 
 
 def _completion_logps(model: Any, tokenizer: Any, prompts: list[list[dict]], completions: list[list[dict]], batch_size: int) -> list[float]:
@@ -144,28 +161,19 @@ def _completion_logps(model: Any, tokenizer: Any, prompts: list[list[dict]], com
     return continuation_logps(model, tokenizer.pad_token_id, pairs, batch_size)
 
 
-def preference_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> dict[str, Any]:
-    """Share of preference pairs where the model gives the chosen reply the higher log-likelihood."""
-    if not rows:
-        return {"accuracy": None, "rows": 0, "mean_margin": None}
-    prompts = [r["prompt"] for r in rows]
-    chosen = _completion_logps(model, tokenizer, prompts, [r["chosen"] for r in rows], batch_size)
-    rejected = _completion_logps(model, tokenizer, prompts, [r["rejected"] for r in rows], batch_size)
-    wins = [c > r for c, r in zip(chosen, rejected)]
-    margins = [c - r for c, r in zip(chosen, rejected)]
-    return {"accuracy": sum(wins) / len(wins), "rows": len(rows), "mean_margin": sum(margins) / len(margins)}
-
-
 def unpaired_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> dict[str, Any]:
     """For unpaired rows ({prompt, completion, label}, KTO's format): the share of desirable completions
-    the model gives a higher log-likelihood than the mean of the undesirable ones; `mean_margin` is the
-    gap between the two means. None when either kind is missing."""
+    whose log-likelihood per token is above the mean of the undesirable ones'; `mean_margin` is the gap
+    between the two means (nats per token). Per token, not summed, for the reason llmpipe.eval.pairs
+    gives: a summed log-likelihood mostly says which completion is shorter. None when either kind is
+    missing."""
     good = [r for r in rows if r["label"]]
     bad = [r for r in rows if not r["label"]]
     if not good or not bad:
         return {"accuracy": None, "rows": len(rows), "mean_margin": None}
-    good_logps = _completion_logps(model, tokenizer, [r["prompt"] for r in good], [r["completion"] for r in good], batch_size)
-    bad_logps = _completion_logps(model, tokenizer, [r["prompt"] for r in bad], [r["completion"] for r in bad], batch_size)
-    threshold = sum(bad_logps) / len(bad_logps)
-    return {"accuracy": sum(g > threshold for g in good_logps) / len(good_logps), "rows": len(rows),
-            "mean_margin": sum(good_logps) / len(good_logps) - threshold}
+    good_scores = completion_scores(model, tokenizer, [r["prompt"] for r in good], [r["completion"] for r in good], batch_size)
+    bad_scores = completion_scores(model, tokenizer, [r["prompt"] for r in bad], [r["completion"] for r in bad], batch_size)
+    good_means = [total / max(n, 1) for total, n in good_scores]
+    threshold = sum(total / max(n, 1) for total, n in bad_scores) / len(bad_scores)
+    return {"accuracy": sum(g > threshold for g in good_means) / len(good_means), "rows": len(rows),
+            "mean_margin": sum(good_means) / len(good_means) - threshold}

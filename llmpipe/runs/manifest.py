@@ -75,7 +75,13 @@ class Manifest:
     data: dict[str, Any] = _doc("the data report: rows read / kept / dropped by reason per file, file hashes, token counts",
                                 factory=dict)
     metrics: dict[str, Any] = _doc("stage-specific figures, before → after (validation_loss_before, validation_loss, "
-                                   "answer_accuracy, preference_accuracy, ...)", factory=dict)
+                                   "answer_accuracy, ...). Align stages, on held-out pairs against the parent: "
+                                   "implicit_reward_accuracy / _margin (beta x log pi/pi_ref, chosen above rejected; "
+                                   "0.5 / 0 before by definition), per_token_logp_accuracy / _margin (length-"
+                                   "normalised), summed_logp_accuracy / _margin (an extra: mostly says which reply is "
+                                   "shorter), chosen_longer_share, preference_rows; reward_model_win_rate (greedy "
+                                   "replies against the parent's, under the reward model; 0.5 before) where there is "
+                                   "one; `<name>_note` says why a measure is missing", factory=dict)
     evals: list[dict[str, Any]] = _doc("the trainer's log history, one entry per log or evaluation, each with `step`: "
                                        "loss, learning_rate, grad_norm, tokens_per_second, mfu; eval_loss (eval_bpb in "
                                        "pretraining); kept whole across resumes", factory=list)
@@ -95,7 +101,8 @@ class Manifest:
     segments: list[dict[str, Any]] = _doc("the training segments, one per process run that trained the stage: {from_step, "
                                           "to_step, wall_seconds}; summary.wall_seconds is their sum", factory=list)
     summary: dict[str, Any] | None = _doc("the stage's line of the final table: steps, tokens, wall_seconds, "
-                                          "tokens_per_second, train_loss, val_loss, metric {name, before, after}")
+                                          "tokens_per_second, train_loss, val_loss, metric {name, before, after, why}: the "
+                                          "headline measure and why it is the one")
     parameters: dict[str, Any] | None = _doc("{trainable, total, trainable_share} of the model as trained (with LoRA: "
                                              "adapter weights against base + adapters)")
     lora: dict[str, Any] | None = _doc("LoRA stages: {base, adapter, target_modules, adapter_sha256, files}; the stage's own "
@@ -155,7 +162,7 @@ class Manifest:
         return section if isinstance(section, dict) else {}
 
     def headline(self) -> dict[str, Any]:
-        """The summary's headline metric {name, before, after}, or {} when there is none."""
+        """The summary's headline metric {name, before, after, why}, or {} when there is none."""
         metric = (self.summary or {}).get("metric")
         return metric if isinstance(metric, dict) else {}
 

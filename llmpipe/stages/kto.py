@@ -16,11 +16,11 @@ from trl import KTOConfig, KTOTrainer
 
 from llmpipe.core.console import fmt_number, say
 from llmpipe.data.formats import unpair
-from llmpipe.eval.metrics import preference_accuracy, unpaired_accuracy
+from llmpipe.eval.metrics import unpaired_accuracy
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import limit_rows
 from llmpipe.train.fit import finish, fit
-from llmpipe.train.preference import load_data, pair_metrics, preference_trainer
+from llmpipe.train.preference import HeldoutPreferences, implicit_reward_headline, load_data, preference_trainer
 
 
 def train(ctx: StageContext) -> Path:
@@ -34,14 +34,15 @@ def train(ctx: StageContext) -> Path:
     trainer = preference_trainer(ctx, KTOTrainer, KTOConfig, tokenizer, train_rows, eval_rows,
                                  desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
 
-    # Held-out scores: pairs by preference accuracy, unpaired rows by how many desirable completions
-    # beat the undesirable ones' mean log-likelihood.
+    # Held-out scores: pairs against the parent (llmpipe.eval.pairs), unpaired rows by how many
+    # desirable completions beat the undesirable ones' mean log-likelihood per token.
     scored = data.validation[: cfg.preference_rows]
-    pairs = [r for r in scored if "chosen" in r]
     singles = [r for r in scored if "chosen" not in r]
+    prefs = HeldoutPreferences(tokenizer, [r for r in scored if "chosen" in r], cfg.beta,
+                               notes={"reward_model_win_rate": "no reward model: KTO trains without one"})
 
     def score(model: Any) -> dict[str, Any]:
-        return {"pairs": preference_accuracy(model, tokenizer, pairs), "unpaired": unpaired_accuracy(model, tokenizer, singles)}
+        return {**prefs.raw(model), "unpaired": unpaired_accuracy(model, tokenizer, singles)}
 
     # MFU: besides the policy's forward + backward (6 FLOPs per parameter), a gradient-free forward of
     # the policy on the KL completions (2); the reference ran before training.
@@ -53,14 +54,21 @@ def train(ctx: StageContext) -> Path:
         "reward_chosen": final_eval.get("eval_rewards/chosen"),
         "reward_rejected": final_eval.get("eval_rewards/rejected"),
         "kl": final_eval.get("eval_kl"),
-        **pair_metrics(before.get("pairs", {}), after["pairs"]),
+        **prefs.metrics(before, after),
         "unpaired_accuracy_before": before.get("unpaired", {}).get("accuracy"),
         "unpaired_accuracy": after["unpaired"]["accuracy"],
         "unpaired_rows": after["unpaired"]["rows"],
     }
-    # The headline: pairs where there are any (comparable with DPO), else the unpaired measure.
-    key, name = ("pairs", "held-out preference accuracy") if pairs else ("unpaired", "held-out desirable-above-undesirable share")
-    metric = {"name": name, "before": before.get(key, {}).get("accuracy"), "after": after[key]["accuracy"]}
+    # The headline: the implicit reward on pairs where there are any (comparable with DPO), else the
+    # unpaired measure.
+    if prefs.pairs:
+        metric = implicit_reward_headline(ctx.manifest.metrics)
+    else:
+        metric = {"name": "held-out desirable-above-undesirable share", "before": before.get("unpaired", {}).get("accuracy"),
+                  "after": after["unpaired"]["accuracy"],
+                  "why": "there are no held-out pairs, so the held-out rows are scored one by one: the share of "
+                  "desirable completions whose log-likelihood per token is above the undesirable ones' mean."}
+    name = metric["name"]
     say(f"kto: {name} {fmt_number(metric['before'])} -> {fmt_number(metric['after'])}; reward margin "
         f"{fmt_number(final_eval.get('eval_rewards/margins'))}, kl {fmt_number(final_eval.get('eval_kl'))}")
     heldout = [("preference-validation", "preference", limit_rows([r for r in data.validation if "chosen" in r], cfg)),

@@ -32,6 +32,7 @@ from llmpipe.stages.reward import load_reward_model
 from llmpipe.train.args import training_arguments
 from llmpipe.train.fit import build_trainer, finish, fit
 from llmpipe.train.lora import load_model, peft_config
+from llmpipe.train.preference import HeldoutPreferences, heldout_pairs
 
 # TRL's config and trainer of each RL algorithm (align.rl for rlhf; grpo and rloo name their own).
 ALGORITHMS = dict(zip(RL_ALGORITHMS, ((RLOOConfig, RLOOTrainer), (GRPOConfig, GRPOTrainer)), strict=True))
@@ -115,11 +116,21 @@ def train(ctx: StageContext) -> Path:
     if reference is None:
         reference = AutoModelForCausalLM.from_pretrained(parent_dir).to(next(trainer.model.parameters()).device)
 
+    # Against the parent as well (llmpipe.eval.pairs): held-out pairs where the validation files hold
+    # pairs, and with a reward model the greedy replies' win rate over the parent's.
+    pairs = heldout_pairs(cfg)
+    notes = {} if pairs else {"implicit_reward_accuracy": "no held-out pairs: align.validation_files hold prompts"}
+    if reward_model is None:
+        notes["reward_model_win_rate"] = "no reward model (align.reward_model)"
+    prefs = HeldoutPreferences(tokenizer, pairs, cfg.beta, [r["prompt"] for r in heldout], reward_model,
+                               reward_tokenizer, cfg.max_new_tokens, notes)
+
     def measure(model: Any) -> dict[str, Any]:
         # Under the trainer's autocast, as training runs the policy, reference and reward model: a KL
         # between an fp32 and a bf16 forward of the same weights would not be 0.
         with trainer.accelerator.autocast():
-            return policy_metrics(model, reference, tokenizer, heldout, cfg, rules, reward_model, reward_tokenizer, recipe.seed)
+            return {**policy_metrics(model, reference, tokenizer, heldout, cfg, rules, reward_model, reward_tokenizer, recipe.seed),
+                    **prefs.raw(model)}
 
     # The policy-gradient loss sits near 0 and changes sign: only the NaN guard applies (spikes=False).
     fitted = fit(ctx, trainer, tokenizer, measure=measure, flops_scale=flops_scale, spikes=False)
@@ -128,20 +139,33 @@ def train(ctx: StageContext) -> Path:
     metrics: dict[str, Any] = {"algorithm": algorithm, "rewards": (["reward_model"] if reward_model is not None else []) + rules,
                                "validation_loss": final_eval.get("eval_loss"), "heldout_prompts": len(heldout)}
     for key, value in after.items():
-        if key != "samples":
+        if key not in ("samples", "pair_scores", "reply_rewards"):  # the raw lists go into prefs.metrics
             metrics[f"{key}_before"], metrics[key] = before.get(key), value
-    metrics.update(max_kl=cfg.max_kl, kl_within_bound=after["kl"] <= cfg.max_kl, samples=after.get("samples", []))
+    metrics.update(max_kl=cfg.max_kl, kl_within_bound=after["kl"] <= cfg.max_kl, **prefs.metrics(before, after),
+                   samples=after.get("samples", []))
     ctx.manifest.metrics = metrics
 
-    if "exact_match" in rules:
-        name, key = "held-out exact-match accuracy", "exact_match_accuracy"
-    elif reward_model is not None and not rules:
-        name, key = "held-out reward-model score", "reward_model_score"
-    else:
-        name, key = "held-out mean reward", "mean_reward"
-    metric = {"name": name, "before": before.get(key), "after": after[key]}
-    say(f"{cfg.method}: {name} {fmt_number(before.get(key))} -> {fmt_number(after[key])}; "
+    metric = _headline(metrics, rules, reward_model is not None)
+    name = metric["name"]
+    say(f"{cfg.method}: {name} {fmt_number(metric['before'])} -> {fmt_number(metric['after'])}; "
         f"KL to the SFT model {fmt_number(after['kl'])} nats per reply "
         f"({'within' if after['kl'] <= cfg.max_kl else 'ABOVE'} align.max_kl={cfg.max_kl:g})")
     protected = [(f"{cfg.method}-prompts", ctx.spec.data, heldout)]
     return finish(ctx, fitted, tokenizer, metric, protected)
+
+
+def _headline(metrics: dict[str, Any], rules: list[str], with_reward_model: bool) -> dict[str, Any]:
+    """The summary's headline {name, before, after, why} of an RL policy: what it is trained for."""
+    if "exact_match" in rules:
+        name, key = "held-out exact-match accuracy", "exact_match_accuracy"
+        why = "it is the rule the policy is rewarded by, judged on greedy replies to held-out questions."
+    elif with_reward_model and not rules:
+        name, key = "held-out reward-model win rate over the parent", "reward_model_win_rate"
+        why = ("it is the share of held-out prompts whose greedy reply the reward model scores above the "
+               "parent's: what the policy is trained for, against where it started (0.5 before by "
+               "definition). reward_model_score is the mean score of sampled replies, in the reward model's "
+               "own units.")
+    else:
+        name, key = "held-out mean reward", "mean_reward"
+        why = "it is the sum of the rewards the policy is trained on, over sampled replies to held-out prompts."
+    return {"name": name, "before": metrics.get(f"{key}_before"), "after": metrics.get(key), "why": why}

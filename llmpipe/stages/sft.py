@@ -20,6 +20,7 @@ from llmpipe.runs.context import StageContext
 from llmpipe.train.args import limit_rows, training_arguments
 from llmpipe.train.fit import build_trainer, finish, fit
 from llmpipe.train.lora import load_model, peft_config
+from llmpipe.train.replay import mix_in_replay
 
 
 def sft_arguments(recipe: Recipe, writer: StageWriter, marked: bool = True) -> Any:
@@ -89,6 +90,8 @@ def train(ctx: StageContext) -> Path:
         processing_class=tokenizer,
         peft_config=peft_config(cfg.lora, model, ctx.spec.section),  # None: full fine-tuning
     )
+    # Pretraining text mixed back in against forgetting (llmpipe.train.replay; nothing at 0).
+    ctx.manifest.data["replay"] = mix_in_replay(ctx, trainer, tokenizer)
     scored = data.validation[: cfg.accuracy_rows]
     fitted = fit(ctx, trainer, tokenizer, measure=lambda m: answer_accuracy(m, tokenizer, scored, cfg.max_new_tokens),
                  evaluate_before=True)

@@ -1,4 +1,5 @@
-"""What the offline preference methods (DPO, KTO) share: their data, and the policy with its frozen reference.
+"""What the preference methods share: DPO's and KTO's data and policy with its frozen reference, and
+the held-out measures every align stage (the RL ones too) compares itself with its parent by.
 
 Each method module reads top to bottom as: `load_data` -> `preference_trainer` -> `fit` -> its metrics -> `finish`.
 """
@@ -6,6 +7,7 @@ Each method module reads top to bottom as: `load_data` -> `preference_trainer` -
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,9 @@ from datasets import Dataset, load_from_disk
 
 from llmpipe.chat_format import load_chat_tokenizer, set_generation_stops
 from llmpipe.core.console import say
-from llmpipe.data.pipeline import heldout_texts, load_rows
+from llmpipe.core.errors import UserError
+from llmpipe.data.pipeline import heldout_texts, load_rows, validation_rows
+from llmpipe.eval.pairs import pair_measures, pair_scores, reply_rewards, win_share
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import rows_for_steps, training_arguments
 from llmpipe.train.fit import build_trainer
@@ -82,14 +86,93 @@ def disk_dataset(rows: list[dict[str, Any]], folder: Path) -> Any:
     return load_from_disk(str(folder))
 
 
-def pair_metrics(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The held-out pair measures every offline preference method reports, before → after: preference
-    accuracy and log-likelihood margin (eval.metrics.preference_accuracy results; `before` is {} when
-    nothing was measured)."""
-    return {
-        "preference_accuracy_before": before.get("accuracy"),
-        "preference_accuracy": after["accuracy"],
-        "logp_margin_before": before.get("mean_margin"),
-        "logp_margin": after["mean_margin"],
-        "preference_rows": after["rows"],
-    }
+def heldout_pairs(cfg: Any) -> list[dict[str, Any]]:
+    """The first `cfg.preference_rows` held-out preference pairs of an online-RL stage's validation files,
+    or [] when they hold prompts, not pairs (grpo's verifiable questions). Only explicit validation
+    files: a content-hash split of the train files as pairs would not be the split the stage's prompts
+    were held out by."""
+    if not cfg.validation_files:
+        return []
+    try:
+        return validation_rows("preference", cfg)[: cfg.preference_rows]
+    except UserError:  # the rows are prompts: they were read as such already, so nothing else is wrong
+        return []
+
+
+@dataclass
+class HeldoutPreferences:
+    """What an align stage measures on held-out data to compare itself with its parent, the frozen
+    reference (llmpipe.eval.pairs): pairs by implicit reward, per-token and summed log-likelihood; with
+    a reward model, its greedy replies' win rate over the parent's.
+
+    `raw(model)` is taken before training (the policy is still the parent) and after; `metrics(before,
+    after)` turns the two into the manifest's before → after figures."""
+
+    tokenizer: Any
+    pairs: list[dict[str, Any]]
+    beta: float
+    prompts: list[list[dict[str, str]]] = field(default_factory=list)
+    reward_model: Any = None
+    reward_tokenizer: Any = None
+    max_new_tokens: int = 24
+    # Why a measure is missing, for the manifest (no reward model, no held-out pairs).
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def raw(self, model: Any) -> dict[str, Any]:
+        """Per-pair log-likelihoods and per-prompt reward-model scores of `model`'s greedy replies."""
+        out: dict[str, Any] = {}
+        if self.pairs:
+            out["pair_scores"] = pair_scores(model, self.tokenizer, self.pairs)
+        if self.reward_model is not None and self.prompts:
+            out["reply_rewards"] = reply_rewards(model, self.tokenizer, self.prompts, self.max_new_tokens,
+                                                 self.reward_model, self.reward_tokenizer)
+        return out
+
+    def metrics(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """The manifest's pair and win-rate figures, `<name>_before` beside `<name>`.
+
+        The parent is the reference, so its implicit-reward accuracy and win rate are measured against
+        itself: 0.5 by definition, recorded as such rather than left out."""
+        out: dict[str, Any] = {}
+        parent, child = before.get("pair_scores"), after.get("pair_scores")
+        if child is not None:
+            reference = parent if parent is not None else child
+            measured = {"before": pair_measures(reference, reference, self.beta),
+                        "after": pair_measures(child, reference, self.beta)}
+            for key, name in PAIR_KEYS.items():
+                out[f"{name}_before"], out[name] = measured["before"][key], measured["after"][key]
+            out["chosen_longer_share"] = measured["after"]["chosen_longer_share"]
+            out["preference_rows"] = measured["after"]["rows"]
+        parent_rewards, rewards = before.get("reply_rewards"), after.get("reply_rewards")
+        if rewards is not None:
+            parent_rewards = parent_rewards if parent_rewards is not None else rewards
+            out["reward_model_win_rate_before"] = win_share([0.0] * len(rewards))
+            out["reward_model_win_rate"] = win_share([a - b for a, b in zip(rewards, parent_rewards, strict=True)])
+            out["win_rate_prompts"] = len(rewards)
+        out.update({f"{name}_note": why for name, why in self.notes.items()})
+        return out
+
+
+# pair_measures' keys and the manifest's names for them (summed_logp_*: the labelled extra).
+PAIR_KEYS = {
+    "implicit_reward_accuracy": "implicit_reward_accuracy",
+    "implicit_reward_margin": "implicit_reward_margin",
+    "per_token_accuracy": "per_token_logp_accuracy",
+    "per_token_margin": "per_token_logp_margin",
+    "summed_accuracy": "summed_logp_accuracy",
+    "summed_margin": "summed_logp_margin",
+}
+
+# The headline of DPO and KTO (on pairs), and why it is the one: the summary and the report show it.
+IMPLICIT_REWARD_HEADLINE = "held-out implicit-reward accuracy"
+IMPLICIT_REWARD_WHY = (
+    "it is the stage's own reward, beta x (log pi - log pi_ref), and says whether training raised the chosen "
+    "reply above the rejected one relative to the parent, whatever the replies' lengths; it is 0.5 before by "
+    "definition (pi = pi_ref). per_token_logp_accuracy is the model's own ranking before -> after; "
+    "summed_logp_accuracy mostly says which reply is shorter and is kept as an extra.")
+
+
+def implicit_reward_headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The summary's headline {name, before, after, why} of a preference stage with held-out pairs."""
+    return {"name": IMPLICIT_REWARD_HEADLINE, "before": metrics.get("implicit_reward_accuracy_before"),
+            "after": metrics.get("implicit_reward_accuracy"), "why": IMPLICIT_REWARD_WHY}
