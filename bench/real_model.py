@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -87,11 +86,29 @@ def write_recipe(path: Path, gguf: Path, args: argparse.Namespace) -> None:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
 
 
-def run_llmpipe(recipe: Path, out: Path) -> tuple[float, int]:
-    """`llmpipe run` in a child process; (wall seconds, peak RSS in MB of the children)."""
+def timed(command: list[str], cwd: Path) -> tuple[float, int, subprocess.CompletedProcess]:
+    """Run `command` to the end; (wall seconds, its own peak RSS in MB, the finished process)."""
     started = time.time()
-    subprocess.run([str(Path(sys.executable).with_name("llmpipe")), "run", str(recipe), "--out", str(out)], check=True, cwd=ROOT)
-    return time.time() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    print(output, end="")
+    return time.time() - started, usage.ru_maxrss // 1024, subprocess.CompletedProcess(command, code, output, "")
+
+
+def run_llmpipe(recipe: Path, out: Path) -> dict[str, dict[str, float]]:
+    """The run's stages one command each (base, sft, align, then the report), each in its own process so
+    that its peak memory is its own; {stage: {wall_seconds, peak_rss_mb}}."""
+    llmpipe = str(Path(sys.executable).with_name("llmpipe"))
+    measured = {}
+    for stage, command in (("base", "base"), ("sft", "sft"), ("dpo", "align"), ("report", "report")):
+        args = [llmpipe, command, str(out)] if command == "report" else [llmpipe, command, str(recipe), "--out", str(out)]
+        wall, peak, done = timed(args, ROOT)
+        if done.returncode != 0:
+            sys.exit(f"llmpipe {command} failed with exit code {done.returncode}")
+        measured[stage] = {"wall_seconds": round(wall, 1), "peak_rss_mb": peak}
+    return measured
 
 
 def run_trl(base: Path, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -106,18 +123,17 @@ def run_trl(base: Path, args: argparse.Namespace, scratch: Path) -> dict[str, An
                "--output_dir", str(scratch / "trl-out"), "--save_strategy", "no", "--report_to", "none",
                "--use_cpu", "--disable_tqdm", "true", "--assistant_only_loss", "false",
                *(["--bf16", "true"] if args.precision in ("bf16", "auto") else ["--bf16", "false"])]
-    started = time.time()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=scratch)
-    wall = time.time() - started
+    wall, peak, done = timed(command, scratch)
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        return {"error": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else f"exit {done.returncode}"}
     # TRL prints each log as a dict of strings: {'loss': '2.714', ..., 'num_tokens': '872'}.
     logs = [{k: float(v) for k, v in json.loads(m.replace("'", '"')).items()}
             for m in re.findall(r"\{'loss'[^}]*\}|\{'train_runtime'[^}]*\}", done.stdout)]
     tokens = max((entry.get("num_tokens", 0) for entry in logs), default=0)
     runtime = next((entry["train_runtime"] for entry in logs if "train_runtime" in entry), wall)
     return {"tokens": tokens, "train_seconds": runtime, "tokens_per_second": tokens / runtime if runtime else None,
-            "wall_seconds": round(wall, 1), "final_loss": next((e["loss"] for e in reversed(logs) if "loss" in e), None)}
+            "wall_seconds": round(wall, 1), "peak_rss_mb": peak,
+            "final_loss": next((e["loss"] for e in reversed(logs) if "loss" in e), None)}
 
 
 def stage_row(run: Path, stage: str) -> dict[str, Any]:
@@ -148,7 +164,7 @@ def main() -> None:
         scratch = Path(scratch_name)
         recipe = scratch / "smollm2.yaml"
         write_recipe(recipe, gguf, args)
-        wall, peak_mb = run_llmpipe(recipe, args.out)
+        measured = run_llmpipe(recipe, args.out)
         trl = None if args.skip_trl else run_trl(args.out / "base", args, scratch)
     sft, dpo = stage_row(args.out, "sft"), stage_row(args.out, "dpo")
     sm, dm = sft["metrics"], dpo["metrics"]
@@ -157,26 +173,30 @@ def main() -> None:
         ("SFT held-out answer accuracy", sm.get("answer_accuracy_before"), sm.get("answer_accuracy")),
     ]
     for key, label in (("implicit_reward_accuracy", "DPO implicit-reward accuracy (hh helpful)"),
-                       ("length_normalised_accuracy", "DPO length-normalised accuracy"),
-                       ("preference_accuracy", "DPO summed log-likelihood accuracy")):
+                       ("per_token_accuracy", "DPO per-token log-likelihood accuracy"),
+                       ("summed_accuracy", "DPO summed log-likelihood accuracy (length-biased)")):
         if key in dm:
             rows.append((label, dm.get(f"{key}_before"), dm.get(key)))
-    print(f"\nSmolLM2-135M-Instruct ({gguf.name}) through llmpipe, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; whole run {wall:.0f} s, peak RSS {peak_mb} MB")
-    print(f"{'measure (held-out)':48} {'before':>8} {'after':>8}")
+    wall = sum(m["wall_seconds"] for m in measured.values())
+    print(f"\nSmolLM2-135M-Instruct ({gguf.name}) through llmpipe, {platform.machine()}, {os.cpu_count()} cores, "
+          f"precision {args.precision}; stages {wall:.0f} s in all")
+    print(f"{'measure (held-out)':52} {'before':>8} {'after':>8}")
     for label, before, after in rows:
-        print(f"{label:48} {_fmt(before):>8} {_fmt(after):>8}")
-    print(f"\n{'throughput':48} {'tokens/s':>8}")
-    print(f"{'llmpipe SFT':48} {_fmt(sft['tokens_per_second']):>8}")
-    print(f"{'llmpipe DPO':48} {_fmt(dpo['tokens_per_second']):>8}")
+        print(f"{label:52} {_fmt(before):>8} {_fmt(after):>8}")
+    print(f"\n{'throughput and memory':52} {'tokens/s':>8} {'peak MB':>8} {'wall s':>7}")
+    for label, row, stage in (("llmpipe base (import the GGUF)", None, "base"), ("llmpipe SFT", sft, "sft"),
+                              ("llmpipe DPO", dpo, "dpo")):
+        speed = row["tokens_per_second"] if row else None
+        print(f"{label:52} {_fmt(speed):>8} {measured[stage]['peak_rss_mb']:>8} {measured[stage]['wall_seconds']:>7}")
     if trl is not None:
-        print(f"{'trl sft (same model, data, batch, length, precision)':48} {_fmt(trl.get('tokens_per_second')):>8}")
+        label = "trl sft (same model, data, batch, length, precision)"
+        print(f"{label:52} {_fmt(trl.get('tokens_per_second')):>8} {trl.get('peak_rss_mb', '-'):>8} {trl.get('wall_seconds', '-'):>7}")
         if trl.get("tokens_per_second") and sft["tokens_per_second"]:
-            print(f"{'llmpipe SFT / trl sft':48} {sft['tokens_per_second'] / trl['tokens_per_second']:>7.2f}x")
+            print(f"{'llmpipe SFT / trl sft (tokens/s)':52} {sft['tokens_per_second'] / trl['tokens_per_second']:>7.2f}x")
         if trl.get("error"):
             print(f"trl sft failed: {trl['error']}")
     result = {"model": gguf.name, "machine": platform.platform(), "cores": os.cpu_count(), "args": vars(args) | {"out": str(args.out)},
-              "wall_seconds": round(wall, 1), "peak_rss_mb": peak_mb, "sft": sft, "dpo": dpo, "trl_sft": trl,
+              "stages": measured, "sft": sft, "dpo": dpo, "trl_sft": trl,
               "measures": [{"name": n, "before": b, "after": a} for n, b, a in rows]}
     out = ROOT / "bench" / "results" / "real_model.json"
     out.parent.mkdir(parents=True, exist_ok=True)

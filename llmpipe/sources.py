@@ -32,6 +32,8 @@ DECIDING = re.compile(r".*\.(safetensors|bin|gguf)$|config\.json$|generation_con
                       r"|chat_template\.(jinja|json)$|special_tokens_map\.json$|vocab\.json$|merges\.txt$|.*\.index\.json$")
 # Heads that make a model something other than a language model: it cannot be an SFT or align parent.
 NOT_CAUSAL = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM")
+# Keys of transformers' GGUF mapping that are metadata sections, not architectures.
+GGUF_SECTIONS = ("general", "tokenizer")
 SOURCE_HINT = "pass a Hugging Face model folder (config.json, weights, tokenizer), hf:ORG/NAME[@REVISION] or a .gguf file"
 
 
@@ -124,7 +126,7 @@ def _gguf(path: Path) -> Located:
     if architecture not in GGUF_SUPPORTED_ARCHITECTURES and architecture.replace("moe", "_moe") not in GGUF_SUPPORTED_ARCHITECTURES:
         raise UserError(f"transformers cannot read GGUF architecture '{architecture}'", file=str(path), field="base.source",
                         hint="use a Hugging Face folder of the model instead (transformers reads GGUF of "
-                        f"{', '.join(a for a in GGUF_SUPPORTED_ARCHITECTURES[:10] if a not in ('general', 'tokenizer'))}, ...)")
+                        f"{', '.join(a for a in GGUF_SUPPORTED_ARCHITECTURES[:10] if a not in GGUF_SECTIONS)}, ...)")
     resolved = path.resolve()
     return Located(resolved.parent, "gguf", {"path": str(resolved), "gguf_architecture": architecture}, gguf_file=resolved.name)
 

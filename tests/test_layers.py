@@ -34,6 +34,7 @@ LAZY_ALLOWED = ("llmpipe.cli",)
 NOT_STAGE_NAMES = {
     ("llmpipe.config.constants", "sft"): "TRL's DPO loss type 'sft'",
     ("llmpipe.config.schema", "reward"): "the noun in 'unknown reward ...' messages",
+    ("llmpipe.sources", "tokenizer"): "the GGUF metadata section 'tokenizer', not an architecture",
 }
 
 
