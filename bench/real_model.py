@@ -173,8 +173,8 @@ def main() -> None:
         ("SFT held-out answer accuracy", sm.get("answer_accuracy_before"), sm.get("answer_accuracy")),
     ]
     for key, label in (("implicit_reward_accuracy", "DPO implicit-reward accuracy (hh helpful)"),
-                       ("per_token_accuracy", "DPO per-token log-likelihood accuracy"),
-                       ("summed_accuracy", "DPO summed log-likelihood accuracy (length-biased)")):
+                       ("per_token_logp_accuracy", "DPO per-token log-likelihood accuracy"),
+                       ("summed_logp_accuracy", "DPO summed log-likelihood accuracy (length-biased)")):
         if key in dm:
             rows.append((label, dm.get(f"{key}_before"), dm.get(key)))
     wall = sum(m["wall_seconds"] for m in measured.values())

@@ -124,3 +124,22 @@ def test_eval_scores_every_block_of_long_text_rows(micro_copy: Path, tmp_path: P
     assert scored["tokens"] >= 0.95 * total, (scored, total)
     assert scored["tokens_total"] == total and scored["scored_share"] == round(scored["tokens"] / total, 4)
     assert f"tokens {scored['tokens']} of {total} ({scored['scored_share']:.1%})" in result.stdout
+
+
+def test_continuation_scores_are_the_same_whatever_the_token_budget_per_batch(monkeypatch):
+    import torch
+    from hf_models import make_tokenizer, model_config
+    from transformers import AutoModelForCausalLM
+
+    from llmpipe.eval import metrics
+
+    tokenizer = make_tokenizer("chatml")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(model_config("llama", tokenizer))
+    texts = ["The kettle is blue.", "What is 2 plus 3? Answer: 5. " * 6, "Once upon a time", "a fox " * 20]
+    pairs = [(tokenizer(t[:8])["input_ids"], tokenizer(t)["input_ids"]) for t in texts]
+    wide = metrics.continuation_scores(model, tokenizer.pad_token_id, pairs)
+    monkeypatch.setattr(metrics, "SCORE_TOKENS", 24)  # one or two rows a batch, the long ones alone
+    narrow = metrics.continuation_scores(model, tokenizer.pad_token_id, pairs)
+    assert [n for _, n in narrow] == [n for _, n in wide]
+    assert [s for s, _ in narrow] == pytest.approx([s for s, _ in wide], abs=1e-4)
