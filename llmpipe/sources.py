@@ -55,7 +55,15 @@ def is_model_source(value: str | Path | None) -> bool:
     if text.startswith(HUB_PREFIX) or text.endswith(GGUF_SUFFIX):
         return True
     path = Path(text)
-    return path.is_dir() and not (path / MANIFEST).exists() and (path / "config.json").exists()
+    if not path.is_dir() or (path / MANIFEST).exists() or not (path / "config.json").is_file():
+        return False
+    # A config.json that names a model type, or weights beside it: a model folder (checked in full by
+    # `locate`); anything else is reported as what it is not, an llmpipe stage folder.
+    try:
+        named = "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        named = False
+    return named or bool(weight_files(path))
 
 
 def parse_hub_id(value: str) -> tuple[str, str | None]:
@@ -120,7 +128,7 @@ def _gguf(path: Path) -> Located:
         architecture = bytes(arch_field.parts[arch_field.data[0]]).decode("utf-8")
     except Exception as e:  # GGUFReader raises ValueError/KeyError/struct errors on a foreign or damaged file
         raise UserError(f"not a readable GGUF file ({str(e).splitlines()[0][:120]})", file=str(path), field="base.source",
-                        hint="pass a GGUF written by llama.cpp or llmpipe export") from None
+                        hint="pass a GGUF file written by llama.cpp's converter") from None
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     if architecture not in GGUF_SUPPORTED_ARCHITECTURES and architecture.replace("moe", "_moe") not in GGUF_SUPPORTED_ARCHITECTURES:

@@ -26,8 +26,8 @@ from llmpipe.core.console import is_main_process
 from llmpipe.core.dist import barrier, main_process_first
 from llmpipe.core.errors import UserError, writing
 from llmpipe.core.files import sha256_file
+from llmpipe.registry import BASE, command_for, stage_spec
 from llmpipe.registry import STAGES as STAGE_NAMES
-from llmpipe.registry import command_for, stage_spec
 from llmpipe.runs.manifest import MANIFEST, Manifest, StageRef, manifest_sha, read_manifest, write_manifest
 from llmpipe.runs.seals import newest_valid_checkpoint
 
@@ -58,7 +58,8 @@ def resolve_parent(stage: str, run_dir: Path, from_path: str | Path | None) -> P
         raise UserError(
             "no readable manifest.json: not an llmpipe stage folder",
             file=str(parent),
-            hint=f"pass --from a folder written by 'llmpipe {command_for(allowed[0])}'",
+            hint=f"pass --from a folder written by 'llmpipe {command_for(allowed[0])}'"
+            + (", or a Hugging Face model folder (config.json with model_type, weights, tokenizer)" if BASE in allowed else ""),
         )
     if manifest.status != "complete":
         resumes = command_for(manifest.stage) if manifest.stage in STAGE_NAMES else command_for(allowed[0])
