@@ -22,6 +22,7 @@ from typing import Any
 
 from llmpipe.core.errors import UserError
 from llmpipe.core.files import sha256_file
+from llmpipe.registry import STAGES
 from llmpipe.runs.manifest import MANIFEST
 
 HUB_PREFIX = "hf:"
@@ -57,6 +58,9 @@ def is_model_source(value: str | Path | None) -> bool:
     path = Path(text)
     if not path.is_dir() or (path / MANIFEST).exists() or not (path / "config.json").is_file():
         return False
+    if path.name in STAGES and any((sibling / MANIFEST).is_file() for sibling in path.resolve().parent.iterdir()
+                                   if sibling.is_dir()):
+        return False  # a stage of an llmpipe run that lost its manifest: unverified, refused as such, not imported
     # A config.json that names a model type, or weights beside it: a model folder (checked in full by
     # `locate`); anything else is reported as what it is not, an llmpipe stage folder.
     try:

@@ -297,7 +297,8 @@ def test_eval_chat_and_data_check_work_on_foreign_templates(family, tmp_path: Pa
     from llmpipe.chat import encode_prompt
     from llmpipe.data.check import _render
     from llmpipe.eval.heldout import chat_loss
-    from llmpipe.eval.metrics import answer_accuracy, preference_accuracy
+    from llmpipe.eval.metrics import answer_accuracy
+    from llmpipe.eval.pairs import pair_measures, pair_scores
 
     folder = make_model_folder(tmp_path / "model", "llama", family)
     tokenizer = load_chat_tokenizer(folder)
@@ -313,7 +314,9 @@ def test_eval_chat_and_data_check_work_on_foreign_templates(family, tmp_path: Pa
     assert answer_accuracy(model, tokenizer, rows, max_new_tokens=4)["rows"] == 1
     pair = {"prompt": CHAT[:4], "chosen": [{"role": "assistant", "content": "Red."}],
             "rejected": [{"role": "assistant", "content": "Blue."}]}
-    assert preference_accuracy(model, tokenizer, [pair])["accuracy"] in (0.0, 1.0)
+    scores = pair_scores(model, tokenizer, [pair])
+    assert scores["chosen_tokens"][0] > 0 and scores["rejected_tokens"][0] > 0
+    assert pair_measures(scores, scores, beta=0.1)["per_token_accuracy"] in (0.0, 0.5, 1.0)
     _, shown = _render("chat", {"messages": CHAT}, tokenizer)
     assert f"[[{expected_runs(family, REPLIES)[0]}]]" in shown
 

@@ -134,7 +134,7 @@ def test_config_layer_imports_only_core_and_itself_at_module_level(path):
 
 
 # Every recipe section a stage trains from, written out: a new one must be added here on purpose.
-TRAINED_SECTIONS = ("tokenizer", "pretrain", "sft", "align", "reward")
+TRAINED_SECTIONS = ("base", "tokenizer", "pretrain", "sft", "align", "reward")
 
 
 @pytest.mark.parametrize("section", TRAINED_SECTIONS)

@@ -45,14 +45,15 @@ def preference_trainer(ctx: StageContext, trainer_class: type, config_class: typ
     `precompute_ref_log_probs`), not again at every step, and no reference copy is held: TRL takes
     them from the untrained policy, or with LoRA from the policy with its adapters disabled."""
     cfg = ctx.cfg
+    policy = load_model(ctx.parent_dir, ctx)
+    set_generation_stops(policy, tokenizer)
+    adapters = peft_config(cfg.lora, policy, ctx.spec.section)  # None: full fine-tuning; a wrong target fails here
     used = rows_for_steps(train_rows, cfg, ctx.recipe.seed, PartialState().num_processes)
     if len(used) < len(train_rows):
         ctx.manifest.data["rows_for_steps"] = len(used)
         say(f"{ctx.spec.name}: {cfg.max_steps} steps read {len(used)} of the {len(train_rows)} training rows (a seeded sample); "
             "only those are scored by the reference")
     train_rows = used
-    policy = load_model(ctx.parent_dir, ctx)
-    set_generation_stops(policy, tokenizer)
     args = training_arguments(config_class, cfg, ctx.recipe, ctx.writer, beta=cfg.beta, max_length=cfg.max_length,
                               include_num_input_tokens_seen="non_padding", precompute_ref_log_probs=True, **settings)
     folder = ctx.writer.checkpoints_dir / "datasets"
@@ -67,7 +68,7 @@ def preference_trainer(ctx: StageContext, trainer_class: type, config_class: typ
         train_dataset=disk_dataset(train_rows, folder / "train"),
         eval_dataset=disk_dataset(eval_rows, folder / "validation"),
         processing_class=tokenizer,
-        peft_config=peft_config(cfg.lora, policy, ctx.spec.section),
+        peft_config=adapters,
     )
 
 
