@@ -128,10 +128,10 @@ def test_a_family_other_than_the_presets_takes_the_shape_and_the_familys_default
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model=tiny-llama", "model.kv_heads=3"], '"model.kv_heads" must divide model.heads (8), got 3'),
-    (["model.kv_heads=1"], '"model.kv_heads" family gpt2 has one key/value head per query head; use family llama'),
+    (["model=tiny", "model.kv_heads=1"], '"model.kv_heads" family gpt2 has one key/value head per query head; use family llama'),
     (["model=micro-llama", "model.qk_norm=true"], '"model.qk_norm" family llama has no QK-norm in transformers; use family qwen3'),
     (["model.family=mamba"], '"model.family" unknown model family; choose one of gpt2, llama, qwen3'),
-    (["model.rope_theta=500000"], '"model.rope_theta" family gpt2 learns its positions'),
+    (["model=tiny", "model.rope_theta=500000"], '"model.rope_theta" family gpt2 learns its positions'),
     (["model.width=100"], '"model.width" width 100 must be a multiple of heads (8)'),
     (["model=tiny-llama", "model.width=24"], '"model.heads" rotary positions need an even head size'),
     (["model.mlp_ratio=3", "model.intermediate=700"], '"model.intermediate" give model.intermediate or model.mlp_ratio'),
