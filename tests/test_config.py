@@ -13,7 +13,7 @@ from llmpipe.core.errors import UserError
 def test_defaults_and_recipe_values():
     defaults = load_recipe(None)
     # The defaults name data/ and read the embedded file (llmpipe/config/paths.py), recorded as data/.
-    assert defaults.model.preset == "tiny-llama" and defaults.pretrain.train_files == [str(embedded_data() / "pretrain.train.jsonl")]
+    assert defaults.model.preset == "tiny" and defaults.pretrain.train_files == [str(embedded_data() / "pretrain.train.jsonl")]
     assert defaults.stage_config("pretrain")["pretrain"]["train_files"] == ["data/pretrain.train.jsonl"]
     micro = load_recipe(MICRO)
     assert micro.model.preset == "micro" and micro.pretrain.max_steps == 8 and micro.tokenizer.vocab_size == 512
@@ -115,10 +115,10 @@ def test_help_does_not_import_torch():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("name", "preset"), [("tiny", "tiny-llama"), ("micro", "micro"), ("gpt2-124m", "gpt2-124m")])
-def test_shipped_recipes_load_and_validate(name, preset):
+@pytest.mark.parametrize("name", ["tiny", "micro", "gpt2-124m"])
+def test_shipped_recipes_load_and_validate(name):
     recipe = load_recipe(f"recipes/{name}.yaml")
-    assert recipe.name == name and recipe.model.preset == preset
+    assert recipe.name == name and recipe.model.preset == name
 
 
 def test_gpt2_preset_matches_gpt2_small_shape():
