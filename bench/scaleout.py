@@ -6,7 +6,8 @@ recipes/accelerate/ddp.yaml and fsdp-cpu.yaml: `run` (pretrain, sft, dpo), `alig
 `align --method rlhf` (reward, rlhf). For each stage and engine: the largest difference of a logged
 training loss from the one-process run (absolute and relative), the largest difference of a
 finished weight, and the stage's training seconds. The RL policy samples its replies per process,
-so its row says only how far apart two samplings land.
+so its row says only how far apart two samplings land. Training seconds are only comparable on a
+quiet machine (each engine's stages are separate launches on the same 2 cores).
 
 Prints a table and writes bench/results/scaleout.json. Run: `python bench/scaleout.py` (about 3
 minutes on 2 cores; `--engines fsdp` for one engine).
@@ -85,6 +86,9 @@ def compare(single: Path, other: Path, stage: str) -> dict[str, Any]:
 
 def main() -> int:
     """Train the chain once per engine, print the table, write the JSON."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # the weight-loading bars of the comparisons
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", default="ddp,fsdp", help="comma-separated: ddp, fsdp")
     engines = parser.parse_args().engines.split(",")

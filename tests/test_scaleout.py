@@ -32,6 +32,8 @@ CONFIGS = ROOT / "recipes" / "accelerate"
 # pretrain trains 12 steps with a checkpoint every 4: the SIGKILL lands after the first one, well before the end.
 SETTINGS = ["precision=fp32", "pretrain.max_steps=12", "pretrain.save_every=4"]
 STAGES = ("pretrain", "sft", "dpo", "reward", "rlhf")
+# Measured (bench/scaleout.py): FSDP2 within 9.5e-7 of one process in any logged loss, 1.7e-7 relative.
+FSDP_TOLERANCE = {"rel": 1e-5, "abs_": 1e-6}
 # Two processes on two cores: one OpenMP thread each.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -161,14 +163,14 @@ def test_fsdp_resumes_a_sigkilled_run_from_its_sharded_checkpoint(single, fsdp):
     step = int(killed.name.split("-")[1])
     assert [(s["from_step"], s["to_step"]) for s in segments] == [(0, step), (step, 12)]
     # The resumed run's losses are the uninterrupted one-process run's (below, for every stage).
-    _assert_losses_match(single / "pretrain", out / "pretrain")
+    _assert_losses_match(single / "pretrain", out / "pretrain", **FSDP_TOLERANCE)
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo", "kto", "reward"])
 def test_fsdp_losses_match_one_process_at_the_same_global_batch(single, fsdp, stage):
     out = fsdp[0]
     assert all(s["engine"] == "fsdp2" and s["processes"] == 2 for s in read_manifest(out / stage)["segments"]), stage
-    _assert_losses_match(single / stage, out / stage)
+    _assert_losses_match(single / stage, out / stage, **FSDP_TOLERANCE)
 
 
 def test_fsdp_stages_are_plain_save_pretrained_folders(single, fsdp):

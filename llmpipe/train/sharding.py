@@ -7,8 +7,8 @@ per transformer block. Three things are llmpipe's own:
 
 - **CPU.** accelerate 1.16 takes a CPU process group (gloo) as MULTI_CPU and never as FSDP: its
   AcceleratorState switches to FSDP only for GPU-like devices, so on CPU the FSDP plugin is dropped
-  and the run silently trains as plain DDP (measured: the DDP reducer's warnings, no DTensor
-  parameters). torch's `fully_shard` itself runs on CPU with gloo (docs/STACK-NOTES.md, 19), so while
+  and the run silently trains as plain DDP (seen: an FSDP config on 2 CPU processes printed DDP's
+  reducer warnings). torch's `fully_shard` itself runs on CPU with gloo (STACK-NOTES 19), so while
   a trainer is built under an FSDP launch on CPU, `fsdp_on_cpu` lets AcceleratorState keep the
   plugin and report FSDP, as it does on GPUs; everything after that is accelerate's own FSDP2 path
   (`fsdp2_prepare_model`, sharded checkpoints, `get_state_dict`). This is the shim the README names.
