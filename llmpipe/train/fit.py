@@ -30,6 +30,7 @@ from llmpipe.speed import fast_trainer
 from llmpipe.train.checkpoints import Interrupted
 from llmpipe.train.lora import parameter_counts, save_trained
 from llmpipe.train.monitor import Monitor, MonitorSetup, TrainingDiverged, attach_monitor
+from llmpipe.train.optim import use_optimizer
 
 
 def build_trainer(trainer_class: type, layout: str = "plain", tokenizer: Any = None, max_length: int | None = None,
@@ -111,6 +112,7 @@ def fit(ctx: StageContext, trainer: Any, tokenizer: Any, *, measure: Callable[[A
         max_new_tokens=getattr(cfg, "max_new_tokens", 24),
         spikes=spikes,
     )
+    use_optimizer(trainer, cfg)
     monitor = attach_monitor(trainer, setup, ctx.recipe, tokenizer, ctx.writer.work_dir)
     monitor.carry(ctx.manifest)
     if not ctx.resumed:
