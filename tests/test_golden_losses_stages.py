@@ -38,8 +38,9 @@ from pathlib import Path
 import pytest
 from conftest import MICRO, ROOT, invoke
 
-# Per stage: the loss and gradient norm of steps 1-4 (fp32, one thread, seed 0), measured 2026-12-03 (re-pinned the same day: pretraining's defaults became Muon + WSD); dpo and
-# kto re-pinned the same day when they began to train on the rows their steps read (rows_for_steps).
+# Per stage: the loss and gradient norm of steps 1-4 (fp32, one thread, seed 0), measured 2026-12-03 and re-pinned
+# the same day when pretraining's defaults became Muon + WSD (every stage starts from it); dpo and kto also
+# when they began to train on the rows their steps read (rows_for_steps).
 GOLDEN = {
     "sft": {"loss": [5.928061, 5.868021, 5.865434, 5.855804], "grad_norm": [2.632672, 2.576253, 2.369114, 2.632689]},
     "dpo": {"loss": [0.693147, 0.670232, 0.683576, 0.677017], "grad_norm": [1.099064, 0.814070, 0.538069, 0.857901]},
