@@ -28,6 +28,8 @@ from llmpipe.config.presets import AUTO, AUTO_SHAPES, auto_shape
 from llmpipe.core.console import say
 from llmpipe.core.errors import UserError
 from llmpipe.core.files import write_json_atomic
+from llmpipe.data.blocks import token_blocks
+from llmpipe.data.pipeline import heldout_texts, stream_text
 from llmpipe.eval.scaling import Point, fit_law, isoflop_minimum, law, optimal_allocation, power_law
 from llmpipe.models import build_config, count_parameters, flops_per_token
 from llmpipe.pipeline import train_section, train_stage
@@ -44,6 +46,9 @@ FIGURE = "scale.png"
 BUDGETS, BUDGET_RATIO, SIZES, CHECK_RATIO = 3, 2.0, 4, 2.0
 # A point shorter than this many steps says more about warmup than about its size: such sizes are left out.
 MIN_STEPS = 40
+# Passes over the training data a point (or the check run) may make: repeated tokens are nearly as good as new up
+# to ~4 epochs (Muennighoff et al. 2023), the regime the law describes.
+MAX_EPOCHS = 4
 # Seconds a point costs besides its steps (building the model, the evaluations before and after, saving),
 # measured on the embedded data on 2 CPU cores: 3-5 s.
 POINT_OVERHEAD = 4.0
@@ -112,9 +117,20 @@ def estimated_seconds(sweep: list[tuple[float, list[dict[str, Any]]]], check_flo
     return total + check_flops * per_flop + POINT_OVERHEAD
 
 
-def plan_sweep(shapes: list[dict[str, Any]], seconds: float, tokens_per_step: int) -> list[tuple[float, list[dict[str, Any]]]]:
-    """The sweep whose estimated wall time, check run included, is nearest `seconds` (bisection on the first budget)."""
-    low, high = 1e9, 1e20
+def data_limit(shapes: list[dict[str, Any]], max_tokens: float) -> float:
+    """The largest first budget whose check run (the sweep's largest compute) keeps every candidate shape within
+    `max_tokens` training tokens: past ~4 passes over the data, repeated tokens are worth less and small models
+    start to overfit, which the law L(N, D) does not describe (on the embedded data, 24 passes made the held-out
+    loss rise with compute and the check run land 35% from its prediction)."""
+    smallest = min(s["flops_per_token"] for s in shapes)
+    return max_tokens * smallest / (BUDGET_RATIO ** (BUDGETS - 1) * CHECK_RATIO)
+
+
+def plan_sweep(shapes: list[dict[str, Any]], seconds: float, tokens_per_step: int,
+               max_tokens: float = math.inf) -> list[tuple[float, list[dict[str, Any]]]]:
+    """The sweep whose estimated wall time, check run included, is nearest `seconds` (bisection on the first budget),
+    or the largest the data allows (`data_limit`) when that is smaller."""
+    low, high = 1e5, min(1e20, data_limit(shapes, max_tokens))
     for _ in range(60):
         middle = math.sqrt(low * high)
         sweep = layout(shapes, middle, tokens_per_step)
@@ -124,6 +140,17 @@ def plan_sweep(shapes: list[dict[str, Any]], seconds: float, tokens_per_step: in
         else:
             low = middle
     return layout(shapes, low, tokens_per_step)
+
+
+def sweep_batch(shapes: list[dict[str, Any]], batch_size: int, max_length: int, max_tokens: float) -> int:
+    """The batch of the sweep's points: the recipe's, halved while the smallest shape at the data-limited first
+    budget would train fewer than 2 x MIN_STEPS steps (a small corpus makes short runs; more, smaller steps keep
+    them past their warmup)."""
+    first = data_limit(shapes, max_tokens)
+    smallest = min(s["flops_per_token"] for s in shapes)
+    while batch_size > 1 and first / (smallest * batch_size * max_length) < 2 * MIN_STEPS:
+        batch_size //= 2
+    return batch_size
 
 
 def _train_point(recipe: Recipe, folder: Path, tokenizer_dir: Path, shape: tuple[int, int, int], steps: int,
@@ -147,8 +174,11 @@ def run_scale(recipe: Recipe, run_dir: Path, minutes: float = 15.0, restart: boo
     tokenizer_dir = train_section(TOKENIZER, recipe, run_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     out = run_dir / SCALE_DIR
-    cfg = recipe.pretrain
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.max_length
+    # The corpus' size bounds the sweep (data_limit): its training tokens, tokenized (and cached) as pretraining does.
+    references = heldout_texts(recipe) if recipe.pretrain.cleaning.decontaminate else []
+    blocks, _ = token_blocks(recipe.pretrain, tokenizer, tokenizer_dir, stream_text(recipe.pretrain, references), references)
+    unique = len(blocks) * recipe.pretrain.max_length
+    max_tokens = MAX_EPOCHS * unique
     seconds = minutes * 60.0
     # The plan is measured once and kept: a rerun (after a kill) must ask for the same points to find them finished.
     plan_path = out / PLAN
@@ -158,12 +188,20 @@ def run_scale(recipe: Recipe, run_dir: Path, minutes: float = 15.0, restart: boo
         shapes = [{**s, "shape": tuple(s["shape"])} for s in kept["shapes"]]
         sweep = [(flops, [{**s, "shape": tuple(s["shape"])} for s in chosen]) for flops, chosen in kept["sweep"]]
         say(f"scale: the sweep planned in {plan_path} is kept (--restart plans it again)")
+        batch = kept.get("batch_size", recipe.pretrain.batch_size)
     else:
         shapes = measure_shapes(recipe, tokenizer, limit_seconds=seconds / 400)
-        sweep = plan_sweep(shapes, seconds, tokens_per_step)
-        write_json_atomic(plan_path, {"minutes": minutes, "shapes": [{**s, "shape": list(s["shape"])} for s in shapes],
+        batch = sweep_batch(shapes, recipe.pretrain.batch_size, recipe.pretrain.max_length, max_tokens)
+        if batch != recipe.pretrain.batch_size:  # step times scale about with the batch at these sizes
+            shapes = [{**s, "step_seconds": s["step_seconds"] * batch / recipe.pretrain.batch_size} for s in shapes]
+        sweep = plan_sweep(shapes, seconds, batch * recipe.pretrain.grad_accum * recipe.pretrain.max_length, max_tokens)
+        write_json_atomic(plan_path, {"minutes": minutes, "batch_size": batch, "unique_tokens": unique,
+                                      "shapes": [{**s, "shape": list(s["shape"])} for s in shapes],
                                       "sweep": [[flops, [{**s, "shape": list(s["shape"])} for s in chosen]]
                                                 for flops, chosen in sweep]})
+    recipe = dataclasses.replace(recipe, pretrain=dataclasses.replace(recipe.pretrain, batch_size=batch))
+    cfg = recipe.pretrain
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.max_length
     if len(sweep) < 2 or sum(len(p) for _, p in sweep) < 6:
         raise UserError(f"{minutes:g} minutes fit too few sweep points on this machine", field="--minutes",
                         hint="give the sweep more minutes")
@@ -188,7 +226,9 @@ def run_scale(recipe: Recipe, run_dir: Path, minutes: float = 15.0, restart: boo
                  "tokens": power_law([b["flops"] for b in optima], [b["flops"] / 6 / b["optimal_parameters"] for b in optima])}
     check_flops = sweep[-1][0] * CHECK_RATIO
     n_opt, d_opt = optimal_allocation(law_fit, check_flops)
-    nearest = min(shapes, key=lambda s: abs(math.log(s["parameters"]) - math.log(n_opt)))
+    # The shape nearest the law's optimum among those the check budget keeps within the data (data_limit).
+    allowed = [s for s in shapes if check_flops / s["flops_per_token"] <= max_tokens * 1.0001] or shapes
+    nearest = min(allowed, key=lambda s: abs(math.log(s["parameters"]) - math.log(n_opt)))
     steps = max(MIN_STEPS, round(check_flops / (nearest["flops_per_token"] * tokens_per_step)))
     predicted = law(law_fit, nearest["parameters"], steps * tokens_per_step)
     layers, width, _ = nearest["shape"]
@@ -198,6 +238,7 @@ def run_scale(recipe: Recipe, run_dir: Path, minutes: float = 15.0, restart: boo
     error = abs(predicted - check["loss"]) / check["loss"]
     result = {
         "data": list(cfg.train_files), "tokens_per_step": tokens_per_step, "minutes": minutes,
+        "unique_tokens": unique, "max_epochs": MAX_EPOCHS, "batch_size": cfg.batch_size,
         "shapes": [{**s, "shape": list(s["shape"])} for s in shapes], "points": points, "budgets": budgets,
         "law": law_fit, "optimal_trend": trend,
         "check": {**check, "budget": check_flops, "optimal_parameters": n_opt, "optimal_tokens": d_opt,
