@@ -107,7 +107,21 @@ def _load(args: list[str] | None, stage: str | None, device: str | None, trainin
         placement(recipe)
         for section in quantized if training else []:
             check_quantization(recipe, section)
+    if training and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # A DeepSpeed JSON that disagrees with the recipe fails here, not when a later stage builds its trainer.
+        from llmpipe.train.args import placement
+        from llmpipe.train.launch import check_deepspeed
+
+        check_deepspeed(recipe, _trained_sections(recipe, stage), placement(recipe)["bf16"])
     return recipe
+
+
+def _trained_sections(recipe: Any, stage: str | None) -> list[str]:
+    """The recipe sections a command trains: its own (align: with what its method trains first), or `run`'s."""
+    sections = [stage] if stage else list(RUN_ORDER)
+    if "align" in sections:
+        sections += [stage_spec(first).section for first in stage_for("align", recipe.align.method).trains_first]
+    return sections
 
 
 def _echo(text: str) -> None:

@@ -22,6 +22,7 @@ from llmpipe.runs import MANIFEST, StageWriter, manifest_sha, read_manifest, res
 from llmpipe.runs.context import StageContext
 from llmpipe.runs.integrity import check_model_folder, verify_files
 from llmpipe.sources import HUB_PREFIX, fingerprint, is_model_source, locate
+from llmpipe.train.sharding import check_resumable
 
 
 def train_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, parent: str | Path | None = None, restart: bool = False,
@@ -54,6 +55,8 @@ def train_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, parent: str | Pa
         if gate and not gate.get("passed") and cfg.gate.action == "stop":
             raise regression_error(spec.name, spec.section, writer.final_dir, gate)
         return writer.final_dir
+    # Before the stage loads anything: a checkpoint resumes only under the engine that wrote it (FSDP shards or not).
+    check_resumable(writer.resume_from)
     module: Any = importlib.import_module(spec.module)
     ctx = StageContext(spec=spec, recipe=recipe, writer=writer, parent_dir=parent_dir,
                        inputs={**{f"{name}_dir": folder for name, folder in (inputs or {}).items()}, **extra})

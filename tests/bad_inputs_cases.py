@@ -183,6 +183,41 @@ def _reward_stage_parent(ctx: Ctx) -> None:
     _edit_manifest(parent, stage="reward")
 
 
+def _deepspeed_launch(train_batch_size: int | None, processes: int = 8) -> Callable[[Ctx], None]:
+    """What `accelerate launch` with a ZeRO config puts in each process's environment, with {tmp}/zero2.json
+    (llmpipe's own, its global batch set to `train_batch_size`; None: the file is not there)."""
+
+    def setup(ctx: Ctx) -> None:
+        path = ctx.tmp / "zero2.json"
+        if train_batch_size is not None:
+            text = (Path(__file__).resolve().parent.parent / "recipes" / "accelerate" / "zero2.json").read_text(encoding="utf-8")
+            path.write_text(text.replace('"train_batch_size": "auto"', f'"train_batch_size": {train_batch_size}'), encoding="utf-8")
+        for name, value in (("ACCELERATE_USE_DEEPSPEED", "true"), ("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path)),
+                            ("WORLD_SIZE", str(processes))):
+            ctx.monkeypatch.setenv(name, value)
+
+    return setup
+
+
+def _fsdp_wrapping(ctx: Ctx) -> None:
+    # An FSDP launch whose config names Llama's block class, on the micro run's GPT-2.
+    ctx.monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    ctx.monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "LlamaDecoderLayer")
+
+
+def _sharded_checkpoint(ctx: Ctx) -> None:
+    # The pretrain stage interrupted after an FSDP launch saved its step-4 checkpoint (sharded, sealed).
+    from llmpipe.runs.seals import seal
+
+    work = ctx.run / ".pretrain.partial"
+    shutil.move(ctx.run / "pretrain", work)
+    _edit_manifest(work, status="running")
+    checkpoint = work / "checkpoints" / "checkpoint-4"
+    (checkpoint / "pytorch_model_fsdp_0").mkdir(parents=True)
+    (checkpoint / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"shard")
+    seal(checkpoint)
+
+
 # Retrain a stage of the run copy: the failure must leave the finished one intact.
 INTO_RUN = ("--restart", "--out", "{run}")
 # A new run folder whose parent is the damaged copy in {tmp}/parent.
@@ -378,6 +413,21 @@ CASES: list[Case] = [
          "{tmp}/model.gguf: \"base.source\" not a readable GGUF file", write("model.gguf", "not gguf\n")),
     Case("base_nothing_given", "base stage without --from or base.source", ("base", "--out", "{tmp}/out"),
          '"base.source" no model to import'),
+    # --- distributed launches (accelerate) ----------------------------------------------------
+    Case("deepspeed_batch_not_divisible", "DeepSpeed config whose global batch the launch's process count does not divide",
+         ("run", MICRO, "--out", "{tmp}/out"), '{tmp}/zero2.json:3: "train_batch_size" is 12, which the 8 processes',
+         _deepspeed_launch(12)),
+    Case("deepspeed_config_missing", "DeepSpeed config file not there (launched from another folder)",
+         ("run", MICRO, "--out", "{tmp}/out"),
+         '{tmp}/zero2.json: "deepspeed_config.deepspeed_config_file" DeepSpeed config file not found', _deepspeed_launch(None)),
+    Case("fsdp_wrap_class_missing", "FSDP config naming a block class the model does not have (LlamaDecoderLayer on GPT-2)",
+         ("pretrain", MICRO, "--out", "{tmp}/out", "--from", "{run}/tokenizer"),
+         "FSDP is asked to wrap LlamaDecoderLayer, which this gpt2 model does not contain (its blocks are GPT2Block)",
+         _fsdp_wrapping, run=True),
+    Case("fsdp_checkpoint_without_fsdp", "resuming an FSDP-sharded checkpoint without an FSDP launch",
+         ("pretrain", MICRO, "--out", "{run}"),
+         "{run}/.pretrain.partial/checkpoints/checkpoint-4: was saved sharded by FSDP, so only an FSDP launch can resume it",
+         _sharded_checkpoint, run=True),
     # --- the machine ----------------------------------------------------------------------------
     Case("disk_full_manifest", "disk full while writing a stage manifest", ("sft", MICRO, "learning_rate=1e-4", *INTO_RUN),
          "{run}/.sft.partial/manifest.json: No space left on device", _disk_full_on_manifest, run=True),

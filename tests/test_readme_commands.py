@@ -59,9 +59,24 @@ EXCLUDED = {
         "not an llmpipe command; tests/test_lm_eval.py runs it on the micro SFT checkpoint (with --limit 10)",
     "accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 8 -m llmpipe.cli run gpt2-124m":
         "needs 8 CUDA GPUs and the GPU-sized gpt2-124m recipe",
-    "accelerate launch --config_file recipes/accelerate/ddp.yaml --num_machines 2 --num_processes 16 --machine_rank 0 "
-    "--main_process_ip HOST0 --main_process_port 29500 -m llmpipe.cli run gpt2-124m":
-        "needs two machines of 8 CUDA GPUs (HOST0) and the GPU-sized gpt2-124m recipe",
+    **{f"accelerate launch --config_file recipes/accelerate/fsdp.yaml --num_machines 2 --num_processes 16 --machine_rank {rank} "
+       "--main_process_ip HOST0 --main_process_port 29500 -m llmpipe.cli run gpt2-124m":
+       "needs two machines of 8 CUDA GPUs (HOST0) and the GPU-sized gpt2-124m recipe" for rank in (0, 1)},
+    "OMP_NUM_THREADS=1 accelerate launch --config_file recipes/accelerate/fsdp-cpu.yaml --num_processes 2 -m llmpipe.cli run "
+    "micro --device cpu":
+        "two processes of a whole chain cost minutes on 2 cores; tests/test_scaleout.py runs this launch (same config, "
+        "2 processes, OMP_NUM_THREADS=1), killed during pretrain and run again",
+    **{f"OMP_NUM_THREADS=1 accelerate launch --config_file recipes/accelerate/fsdp-cpu.yaml --num_machines 2 --num_processes 2 "
+       f"--machine_rank {rank} --main_process_ip 127.0.0.1 --main_process_port 29511 -m llmpipe.cli align micro --method rlhf "
+       f"--device cpu{tail}":
+       "the two-machine rehearsal: tests/test_scaleout.py runs these two launchers together (on a free port)"
+       for rank, tail in ((0, " '&'"), (1, ""))},
+    "wait": "waits for the first rehearsal launcher, run by tests/test_scaleout.py",
+    "export 'MAIN_HOST=$(scontrol' show hostnames '$SLURM_JOB_NODELIST' '|' head -n '1)'":
+        "a line of a Slurm batch script: needs a Slurm cluster",
+    "srun bash -c 'accelerate launch --config_file recipes/accelerate/fsdp.yaml --num_machines \"$SLURM_NNODES\"      "
+    "--num_processes $((SLURM_NNODES * SLURM_GPUS_ON_NODE)) --machine_rank \"$SLURM_NODEID\"      --main_process_ip \"$MAIN_HOST\" "
+    "--main_process_port 29500 -m llmpipe.cli run gpt2-124m'": "a line of a Slurm batch script: needs a Slurm cluster with GPU nodes",
     "OMP_NUM_THREADS=1 accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 2 -m llmpipe.cli run "
     "micro --device cpu":
         "two processes of a whole chain cost minutes on 2 cores; tests/test_scaleout.py runs this launch (same config, "

@@ -104,7 +104,8 @@ class Manifest:
                                   "manifest so that a resumed stage reports the same before → after as an uninterrupted "
                                   "one; emptied when the stage completes (the metrics hold them)", factory=dict)
     segments: list[dict[str, Any]] = _doc("the training segments, one per process run that trained the stage: {from_step, "
-                                          "to_step, wall_seconds}; summary.wall_seconds is their sum", factory=list)
+                                          "to_step, wall_seconds, processes, engine (single, ddp, fsdp2, deepspeed-zero2/3)}; "
+                                          "summary.wall_seconds is their sum", factory=list)
     summary: dict[str, Any] | None = _doc("the stage's line of the final table: steps, tokens, wall_seconds, "
                                           "tokens_per_second, train_loss, val_loss, metric {name, before, after, why}: the "
                                           "headline measure and why it is the one")

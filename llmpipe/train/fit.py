@@ -28,16 +28,21 @@ from llmpipe.runs.context import StageContext
 from llmpipe.runs.seals import newest_valid_checkpoint
 from llmpipe.speed import fast_trainer
 from llmpipe.train.checkpoints import Interrupted
-from llmpipe.train.lora import parameter_counts, save_trained
+from llmpipe.train.lora import is_lora, parameter_counts, save_trained
 from llmpipe.train.monitor import Monitor, MonitorSetup, TrainingDiverged, attach_monitor
 from llmpipe.train.optim import use_optimizer
+from llmpipe.train.sharding import check_fsdp, engine, fsdp_on_cpu
 
 
 def build_trainer(trainer_class: type, layout: str = "plain", tokenizer: Any = None, max_length: int | None = None,
                   **kwargs: Any) -> Any:
     """Every stage's trainer (transformers' Trainer or a TRL one), with the speed layer's patches
-    where they apply (llmpipe.speed.fast_trainer: `layout` is plain, packed_chat or pairs)."""
-    return fast_trainer(trainer_class, layout, tokenizer, max_length, **kwargs)
+    where they apply (llmpipe.speed.fast_trainer: `layout` is plain, packed_chat or pairs). Under an FSDP
+    launch the model's wrap class is checked first, and on CPU the trainer is built with the FSDP shim
+    (llmpipe.train.sharding says why)."""
+    check_fsdp(kwargs["model"], adapters=kwargs.get("peft_config") is not None or is_lora(kwargs["model"]))
+    with fsdp_on_cpu():
+        return fast_trainer(trainer_class, layout, tokenizer, max_length, **kwargs)
 
 
 @dataclass
@@ -136,7 +141,8 @@ def _train(ctx: StageContext, trainer: Any, tokenizer: Any, monitor: Monitor) ->
     if resume is not None:
         say(f"{writer.stage:9s} resuming from {resume}")
     started = time.time()
-    segment = {"from_step": int(resume.name.rsplit("-", 1)[-1]) if resume else 0, "to_step": None, "wall_seconds": None}
+    segment = {"from_step": int(resume.name.rsplit("-", 1)[-1]) if resume else 0, "to_step": None, "wall_seconds": None,
+               "processes": trainer.accelerator.num_processes, "engine": engine(trainer)}
     ctx.manifest.segments.append(segment)
 
     def record() -> None:

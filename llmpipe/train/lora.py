@@ -35,6 +35,7 @@ from llmpipe.core.files import sha256_file
 from llmpipe.models import lora_targets
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import bf16_supported, check_quantization
+from llmpipe.train.sharding import full_state_dict, is_sharded
 
 ADAPTER = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -116,8 +117,13 @@ def save_trained(trainer: Any, writer: Any, tokenizer: Any) -> None:
     stage checkpoint; the manifest's `lora` entry records the base and the adapter's file hashes."""
     work = Path(writer.work_dir)
     if not is_lora(trainer.model):
-        # Every process calls save_model (it gathers DDP/FSDP shards); only the first one writes.
-        trainer.save_model(str(work))
+        if is_sharded(trainer):
+            # Sharded checkpoints make save_model write no weights: gather the whole model on the
+            # first process (every process takes part), which writes a plain save_pretrained folder.
+            trainer._save(str(work), state_dict=full_state_dict(trainer))
+        else:
+            # Every process calls save_model (it gathers DDP shards); only the first one writes.
+            trainer.save_model(str(work))
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(work))
         return
