@@ -117,7 +117,8 @@ def fit(ctx: StageContext, trainer: Any, tokenizer: Any, *, measure: Callable[[A
         max_new_tokens=getattr(cfg, "max_new_tokens", 24),
         spikes=spikes,
     )
-    use_optimizer(trainer, cfg)
+    key = f"{ctx.spec.section}.optimizer"
+    use_optimizer(trainer, cfg, key, explicit=key in ctx.recipe.given)
     monitor = attach_monitor(trainer, setup, ctx.recipe, tokenizer, ctx.writer.work_dir)
     monitor.carry(ctx.manifest)
     if not ctx.resumed:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from llmpipe.config import TrainConfig
+from llmpipe.core.console import say
+from llmpipe.core.errors import UserError
 
 # Muon's update scaled to AdamW's typical RMS (0.2 * sqrt(max(rows, cols)), as in Moonshot's Moonlight), so one
 # learning rate serves both halves and a recipe tuned for AdamW is a sensible start.
@@ -101,11 +103,22 @@ def _muon_factory(cfg: TrainConfig) -> Any:
     return lambda: build
 
 
-def use_optimizer(trainer: Any, cfg: TrainConfig) -> None:
-    """Make `trainer` build the section's optimiser (AdamW, the trainer's own, needs nothing)."""
-    if cfg.optimizer == "muon":
-        # Read by Trainer.create_optimizer, which every TRL trainer inherits.
-        trainer.optimizer_cls_and_kwargs = (_muon_factory(cfg), {})
+def use_optimizer(trainer: Any, cfg: TrainConfig, key: str, explicit: bool) -> None:
+    """Make `trainer` build the section's optimiser (AdamW, the trainer's own, needs nothing).
+
+    Under FSDP or DeepSpeed the sharded checkpoint code (torch.distributed.checkpoint) reads an optimiser's
+    state dict in torch's one-optimiser layout, which MuonWithAdamW's two inner state dicts are not (measured:
+    KeyError 'state' at the first save): there the default falls back to AdamW, and an explicit muon is refused."""
+    if cfg.optimizer != "muon":
+        return
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        if explicit:
+            raise UserError("muon cannot be checkpointed under FSDP or DeepSpeed (their sharded optimiser state "
+                            "takes one torch optimiser)", field=key, hint=f"set {key}=adamw for this launch")
+        say(f"{key.split('.')[0]:9s} optimizer muon is not sharded by FSDP/DeepSpeed: training with AdamW")
+        return
+    # Read by Trainer.create_optimizer, which every TRL trainer inherits.
+    trainer.optimizer_cls_and_kwargs = (_muon_factory(cfg), {})
 
 
 def schedule_arguments(cfg: TrainConfig, max_steps: int) -> dict[str, Any]:
