@@ -128,6 +128,12 @@ def _plan(ctx: StageContext, tokenizer: Any, model: Any, train_blocks: Any, val_
         plan = read_plan(ctx.manifest.budget)
         say(f"pretrain: budget plan of the interrupted run kept: {plan.steps} steps")
         return plan
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.time_budget and processes > 1:
+        # Each process would time its own steps and could plan a different step count, and the processes of one
+        # launch must take the same steps; a token budget plans the same everywhere.
+        raise UserError("a time budget is measured by one process; this launch has several", file=recipe.source,
+                        field="pretrain.time_budget", hint="use pretrain.tokens (the same steps on every process)")
     bf16 = placement(recipe)["bf16"]
 
     def shape_for(layers: int, width: int, heads: int) -> dict[str, Any]:
@@ -140,7 +146,7 @@ def _plan(ctx: StageContext, tokenizer: Any, model: Any, train_blocks: Any, val_
     plan = plan_budget(cfg, given=recipe.given, section=ctx.spec.section, model=model, build=build, shape_for=shape_for,
                        blocks=train_blocks, eval_batches=eval_batches, bf16=bf16,
                        scaling_fit=read_fit(cfg.scaling_fit) if cfg.scaling_fit else None,
-                       processes=int(os.environ.get("WORLD_SIZE", "1")))
+                       processes=processes)
     say(f"pretrain: {plan.why} (measured in {plan.measure_seconds:.1f} s)")
     ctx.manifest.budget = plan.record()
     ctx.writer.save_manifest()
