@@ -230,6 +230,29 @@ def run(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False,
     _guard(debug, action)
 
 
+@app.command()
+def scale(args: RecipeArg = None, out: OutOpt = None, minutes: Annotated[float, typer.Option(
+              help="Wall-time target of the whole sweep and its check run on this machine.", min=0.1)] = 15.0,
+          restart: RestartOpt = False, device: DeviceOpt = None, debug: DebugOpt = False) -> None:
+    """Scaling-law checks on the recipe's pretraining data: an IsoFLOP sweep (sizes x compute budgets), the fit of
+    L(N, D) = E + A/N^alpha + B/D^beta, and one larger run that checks the law's prediction."""
+
+    def action() -> None:
+        recipe = _load(args, None, device)
+        run_dir = _run_dir(recipe, out)
+        quiet_libraries()
+        from llmpipe.report_plots import scaling_figure
+        from llmpipe.scale import FIGURE, RESULT, SCALE_DIR, run_scale
+
+        result = run_scale(recipe, run_dir, minutes=minutes, restart=restart)
+        if is_main_process():
+            figure = scaling_figure(result, run_dir / SCALE_DIR / FIGURE)
+            _echo(f"scale: {run_dir / SCALE_DIR / RESULT} and {figure}")
+            _write_report(run_dir)
+
+    _guard(debug, action)
+
+
 def _write_report(run_dir: Path) -> None:
     # Under a distributed launch every process gets here; one of them writes the report.
     if is_main_process():

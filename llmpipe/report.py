@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,19 +17,19 @@ from typing import Any
 from llmpipe.config.presets import model_label
 from llmpipe.core.errors import UserError
 from llmpipe.registry import STAGE_ORDER
-from llmpipe.report_plots import number, probe_scores, training_curves
+from llmpipe.report_plots import number, probe_scores, scaling_figure, training_curves
 from llmpipe.runs import MANIFEST, Manifest, StageRef, manifest_sha, read_manifest
 
 REPORT_DIR = "report"
 MAX_SAMPLES = 3
 SHORT_SHA = 12
-MAX_SETTINGS = 8
+MAX_SETTINGS = 10
 # Config keys shown in their own columns, or that describe data handling and bookkeeping rather than
 # the method; whatever else a stage's section holds (beta, loss_type, packing, …) is a method setting.
 COLUMN_KEYS = {"model", "max_steps", "batch_size", "grad_accum", "learning_rate", "max_length"}
 NOT_SETTINGS = COLUMN_KEYS | {
     "train_files", "validation_files", "mixture_weights", "columns", "bad_rows", "validation_fraction", "cleaning",
-    "min_lr_ratio", "weight_decay", "max_grad_norm", "warmup_steps", "eval_every", "eval_batches", "save_every",
+    "min_lr_ratio", "decay_fraction", "weight_decay", "max_grad_norm", "warmup_steps", "eval_every", "eval_batches", "save_every",
     "log_every", "max_train_bytes", "accuracy_rows", "preference_rows", "max_new_tokens",
     "probes", "probe_every", "sample_prompts", "gate", "gradient_checkpointing",
 }
@@ -293,6 +294,9 @@ def _stage_blocks(run_dir: Path, name: str, manifest: Manifest, out_dir: Path,
             plots[path.stem] = path
     blocks: list[Block] = [("h2", f"{name}"), ("p", f"folder: {Path(run_dir) / name}; finished {fmt(manifest.finished)}")]
     blocks += _config_section(manifest, inherited_model)
+    if manifest.budget:
+        budget = manifest.budget
+        blocks.append(("p", f"budget: {budget.get('kind')} {fmt(budget.get('value'))}: {budget.get('why', '')}"))
     for section in (_data_section, _metrics_section, _gate_section, _monitor_section,
                     _throughput_section, _probes_section, _samples_section):
         blocks += section(manifest)
@@ -300,6 +304,30 @@ def _stage_blocks(run_dir: Path, name: str, manifest: Manifest, out_dir: Path,
         blocks.append(("h3", "Plots"))
         blocks += [("img", path, f"{name} {path.stem.removeprefix(name + '-')}") for path in plots.values()]
     return blocks, plots
+
+
+def _scale_section(run_dir: Path, out_dir: Path) -> tuple[list[Block], dict[str, Path]]:
+    """`llmpipe scale`'s sweep (runs/<run>/scale/scale.json, where there is one): the points, the law and the check."""
+    path = run_dir / "scale" / "scale.json"
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        law, check = result["law"], result["check"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], {}
+    blocks: list[Block] = [
+        ("h2", "Scaling-law check (llmpipe scale)"),
+        ("p", f"L(N, D) = {law['E']:.3f} + {law['A']:.3g} / N^{law['alpha']:.3f} + {law['B']:.3g} / D^{law['beta']:.3f} "
+              f"(nats/token; {len(result['points'])} points, relative RMS error {law.get('rmse_relative', 0):.2%}). "
+              f"Check run {check['layers']} x {check['width']} ({check['parameters']:,} parameters, {check['tokens']:,} "
+              f"tokens): {check['loss']:.4f} measured against {check['predicted_loss']:.4f} predicted, "
+              f"{check['relative_error']:.1%} off."),
+        ("table", ["budget (FLOPs)", "shape", "parameters", "tokens", "loss", "bits/byte"],
+         [[f"{p['budget']:.2g}", f"{p['layers']} x {p['width']}", f"{p['parameters']:,}", f"{p['tokens']:,}",
+           fmt(p["loss"]), fmt(p["bpb"])] for p in result["points"]]),
+    ]
+    plot = scaling_figure(result, out_dir / "scale.png")
+    blocks.append(("img", plot, "scaling sweep"))
+    return blocks, {plot.stem: plot}
 
 
 # ---- rendering --------------------------------------------------------------------------------
@@ -405,6 +433,10 @@ def write_report(run_dir: Path) -> dict[str, Path]:
         model = model_label(manifest.config["model"]) if manifest.config.get("model") else model
         blocks += stage_blocks
         written.update(plots)
+
+    scale_blocks, scale_plot = _scale_section(run_dir, out_dir)
+    blocks += scale_blocks
+    written.update(scale_plot)
 
     markdown, page = out_dir / "report.md", out_dir / "report.html"
     markdown.write_text(render_markdown(blocks), encoding="utf-8")

@@ -118,3 +118,37 @@ def probe_scores(stage: str, probes: list[Any], path: Path) -> Path | None:
     ax.set_ylabel("score", fontsize=10)
     ax.legend(fontsize=9, loc="best")
     return _save(figure, path)
+
+
+def scaling_figure(result: dict[str, Any], path: Path) -> Path:
+    """`llmpipe scale`'s figure: held-out loss against parameters for each compute budget with its parabola and
+    the law's curve, and the check run against its prediction; loss against compute for every point."""
+    import numpy as np
+
+    figure, (by_size, by_compute) = _figure(2, "Scaling: IsoFLOP sweep and check run")
+    law = result["law"]
+    for index, budget in enumerate(result["budgets"]):
+        colour = COLOURS[index % len(COLOURS)]
+        points = sorted((p for p in result["points"] if p["budget"] == budget["budget"]), key=lambda p: p["parameters"])
+        sizes = [p["parameters"] for p in points]
+        by_size.plot(sizes, [p["loss"] for p in points], "o", color=colour, label=f"C = {budget['budget']:.2g}")
+        grid = np.geomspace(min(sizes), max(sizes), 50)
+        # The law along this budget: D = C / (6 N), as the fit counts compute.
+        by_size.plot(grid, [law["E"] + law["A"] / n ** law["alpha"] + law["B"] / (budget["budget"] / 6 / n) ** law["beta"]
+                            for n in grid], "-", color=colour, linewidth=1.2, alpha=0.7)
+        by_size.axvline(budget["optimal_parameters"], color=colour, linestyle=":", linewidth=1)
+    check = result["check"]
+    by_size.plot([check["parameters"]], [check["loss"]], "*", color="black", markersize=12, label="check run")
+    by_size.plot([check["parameters"]], [check["predicted_loss"]], "x", color="black", markersize=9, label="predicted")
+    by_size.set_xscale("log")
+    by_size.set_xlabel("parameters")
+    by_size.set_ylabel("held-out loss (nats/token)")
+    by_size.legend(fontsize=8)
+    every = result["points"] + [check]
+    by_compute.plot([p["flops"] for p in every], [p["loss"] for p in every], "o", color=COLOURS[0])
+    by_compute.plot([check["flops"]], [check["loss"]], "*", color="black", markersize=12)
+    by_compute.set_xscale("log")
+    by_compute.set_xlabel("training FLOPs")
+    by_compute.set_ylabel("held-out loss (nats/token)")
+    by_compute.set_title(f"check: {check['relative_error']:.1%} from the prediction", fontsize=10)
+    return _save(figure, path)

@@ -96,7 +96,7 @@ def test_keys_command_greps():
     assert result.exit_code == 0
     assert [line.split(" = ")[0] for line in result.stdout.strip().splitlines()] == ["sft.lora.r", "align.lora.r"]
     assert len(invoke("keys", "--grep", "warmup_steps").stdout.strip().splitlines()) == 4  # one per training section
-    assert "sft.learning_rate" in invoke("keys", "--grep", "cosine").stdout  # the help is searched too
+    assert "sft.schedule" in invoke("keys", "--grep", "warmup-stable").stdout  # the help is searched too
     missing = invoke("keys", "--grep", "no such thing")
     assert missing.exit_code == 2 and missing.stderr.strip() == (
         "error: \"--grep\" no key matches 'no such thing' — run 'llmpipe keys' to list them all")

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("speed", ("llmpipe.speed",)),
     ("train", ("llmpipe.train",)),
     ("stages", ("llmpipe.stages",)),
-    ("pipeline", ("llmpipe.pipeline",)),
+    ("pipeline", ("llmpipe.pipeline", "llmpipe.scale")),
     ("faces", ("llmpipe.cli", "llmpipe.report", "llmpipe.report_plots", "llmpipe.summary", "llmpipe.chat", "llmpipe.export")),
 ]
 LAZY_ALLOWED = ("llmpipe.cli",)

@@ -81,6 +81,19 @@ EXCLUDED = {
     "micro --device cpu":
         "two processes of a whole chain cost minutes on 2 cores; tests/test_scaleout.py runs this launch (same config, "
         "2 processes, OMP_NUM_THREADS=1) stage by stage",
+    "llmpipe pretrain recipes/tiny.yaml time_budget=120":
+        "trains for 120 s by design; tests/test_budget.py runs time and token budgets on micro (seconds)",
+    "llmpipe scale recipes/tiny.yaml --minutes 15":
+        "a 15-minute sweep by design; tests/test_scaling.py runs a small kept plan, bench/scaling.py this default",
+    "llmpipe tokenizer pretrain.train_files=../shared/data/tinyshakespeare.train.jsonl "
+    "pretrain.validation_files=../shared/data/tinyshakespeare.validation.jsonl --out runs/shakespeare":
+        "with the next command, bench/budget.py runs exactly this pair (issue 15's acceptance run)",
+    "llmpipe pretrain pretrain.train_files=../shared/data/tinyshakespeare.train.jsonl "
+    "pretrain.validation_files=../shared/data/tinyshakespeare.validation.jsonl pretrain.time_budget=120 --out runs/shakespeare":
+        "trains for 120 s by design; bench/budget.py runs it (tests/test_budget.py: budgets on micro)",
+    "llmpipe scale pretrain.train_files=../shared/data/tinyshakespeare.train.jsonl "
+    "pretrain.validation_files=../shared/data/tinyshakespeare.validation.jsonl --out runs/shakespeare":
+        "a 15-minute sweep by design; bench/scaling.py runs it on tinyshakespeare",
 }
 if not (ROOT.parent / "shared" / "data").is_dir():
     EXCLUDED["llmpipe run recipes/tiny.yaml sft.train_files=../shared/data/alpaca.train.jsonl "
@@ -178,6 +191,8 @@ def _sandbox(root: Path, micro_run: Path) -> Path:
     micro = yaml.safe_load((ROOT / "recipes" / "micro.yaml").read_text(encoding="utf-8"))
     for path in (ROOT / "recipes").glob("*.yaml"):
         own = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # micro's step counts, not the demo's time budget (which would replace them: 160 s of pretraining).
+        own.get("pretrain", {}).pop("time_budget", None)
         (repo / "recipes" / path.name).write_text(yaml.safe_dump({**_overlay(own, micro), "name": own["name"]}, sort_keys=False))
     if (ROOT.parent / "shared").is_dir():
         (root / "shared").symlink_to(ROOT.parent / "shared", target_is_directory=True)

@@ -11,7 +11,7 @@ import importlib.util
 
 from llmpipe.config.constants import NEEDS_LABEL_SMOOTHING, RL_ALGORITHMS, RL_METHODS
 from llmpipe.config.fields import leaves, problem, value_at
-from llmpipe.config.presets import QK_NORM_FAMILIES, ROPE_FAMILIES
+from llmpipe.config.presets import AUTO, QK_NORM_FAMILIES, ROPE_FAMILIES
 from llmpipe.config.schema import STAGE_SECTIONS, LoRAConfig, Recipe, TrainConfig
 from llmpipe.core.errors import UserError
 from llmpipe.registry import stage_spec
@@ -22,6 +22,7 @@ def validate(recipe: Recipe) -> None:
     check_name(recipe)
     check_limits(recipe)
     check_model(recipe)
+    check_budget(recipe)
     check_data(recipe)
     check_preference(recipe)
     check_online_rl(recipe)
@@ -48,9 +49,33 @@ def check_name(recipe: Recipe) -> None:
           f"must be a plain folder name (no '/', '\\' or '..'), got {name!r}")
 
 
+# The pretraining budgets: at most one is given.
+BUDGETS = ("time_budget", "tokens", "tokens_per_param")
+
+
+def check_budget(recipe: Recipe) -> None:
+    """At most one pretraining budget (it replaces max_steps, so a recipe's step count and a budget given on the
+    command line work together); `model: auto` needs one that leaves the size free (a time or token budget:
+    tokens_per_param is a ratio to a size already chosen)."""
+    cfg = recipe.pretrain
+    given = [name for name in BUDGETS if getattr(cfg, name)]
+    if len(given) > 1:
+        raise UserError(f"give one budget, not {' and '.join('pretrain.' + g for g in given)}",
+                        file=recipe.source, field=f"pretrain.{given[1]}", hint="keep one of them (set the others to 0)")
+    if recipe.model.preset == AUTO:
+        _need(recipe, bool(cfg.time_budget or cfg.tokens), "model.preset",
+              "auto sizes the model to a budget: set pretrain.time_budget (seconds) or pretrain.tokens")
+
+
 def check_model(recipe: Recipe) -> None:
     """The `model` section's keys fit together and the family has what they ask for."""
-    given, shape = recipe.model, recipe.model.resolved()
+    given = recipe.model
+    if given.preset == AUTO:
+        for key in ("layers", "width", "heads"):
+            _need(recipe, not getattr(given, key), f"model.{key}",
+                  "is chosen by model: auto; leave it 0, or name a preset and set it there")
+        return
+    shape = recipe.model.resolved()
     family, heads = shape["family"], shape["heads"]
     modern = " or ".join(ROPE_FAMILIES)
     _need(recipe, shape["width"] % heads == 0, "model.width" if given.width else "model.heads",

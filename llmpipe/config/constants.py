@@ -30,5 +30,8 @@ QUANTIZE = ("none", "4bit")
 # Settings that leave a stage's weights as they are (observers, speed): no retraining when only these differ.
 NOT_IDENTITY = ("gate", "monitor", "compile", "gradient_checkpointing")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Optimisers and learning-rate schedules (llmpipe/train/optim.py).
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 # The embedded datasets' folder as recipes and defaults name it; llmpipe/config/paths.py finds it wherever llmpipe runs.
 DATA = "data"

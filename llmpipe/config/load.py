@@ -20,6 +20,7 @@ from llmpipe.config.checks import validate
 from llmpipe.config.fields import leaves, value_at
 from llmpipe.config.keys import all_keys
 from llmpipe.config.paths import map_paths, resolve, resolve_default
+from llmpipe.config.presets import AUTO
 from llmpipe.config.recipes import find_recipe
 from llmpipe.config.schema import SHORTHANDS, Recipe
 from llmpipe.core.errors import UserError
@@ -64,6 +65,11 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str |
     recipe = _build(Recipe, raw, prefix="", source=source)
     recipe.source = source
     recipe.given = tuple(sorted(in_file | overridden))
+    # A time or token budget with no model named sizes the model too (pretraining's model: auto): a budget
+    # is the question "what is best in this much?", and a preset fixed for another budget is rarely the answer.
+    names_model = any(key == "model" or key.startswith("model.") for key in recipe.given)
+    if (recipe.pretrain.time_budget or recipe.pretrain.tokens) and not names_model and not recipe.base.source:
+        recipe.model = dataclasses.replace(recipe.model, preset=AUTO)
     _resolve_paths(recipe, in_file, overridden, str(Path(source).parent) if path is not None else None)
     validate(recipe)
     return recipe

@@ -53,6 +53,17 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "context": 256, "rope_theta": 10_000.0},
 }
 
+# `model: auto` (preset auto): pretraining picks one of these shapes (layers, width, heads; head size 32, then 64)
+# to fit its budget (llmpipe/train/budget.py), smallest first; the family and the other keys are the section's.
+AUTO = "auto"
+AUTO_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (2, 32, 1), (2, 48, 2), (2, 64, 2), (3, 96, 3), (4, 128, 4), (5, 160, 5), (6, 192, 6), (6, 256, 8), (8, 384, 6), (8, 512, 8),
+    (12, 768, 12), (16, 1024, 16), (20, 1280, 20), (24, 1536, 24),
+)
+# Llama's layout by default: at equal wall time on tinyshakespeare (120 s, Muon + WSD, 2 x 64) it reached 2.210
+# bits/byte against GPT-2's 2.279 (bench/budget.py), as at tiny's size (bench/architectures.py).
+AUTO_DEFAULTS = {"family": "llama", "context": 256}
+
 # The section's keys that describe the network (what resolve_model fills in), in recipe order.
 SHAPE_KEYS = ("family", "layers", "width", "heads", "kv_heads", "context", "intermediate", "qk_norm",
               "tie_embeddings", "rope_theta")
@@ -66,6 +77,8 @@ def _multiple(x: float, of: int) -> int:
 def resolve_model(section: Any) -> dict[str, Any]:
     """The `model` section (a ModelConfig) with every 0 / empty key filled from its preset or family:
     what the stage builds and records. Keys the family lacks are recorded as 0 (no RoPE for gpt2)."""
+    if section.preset == AUTO:
+        return auto_shape(section)
     preset = PRESETS[section.preset]
     family = section.family or preset["family"]
     own = family == preset["family"]
@@ -94,9 +107,31 @@ def resolve_model(section: Any) -> dict[str, Any]:
     }
 
 
+def auto_shape(section: Any, layers: int = 0, width: int = 0, heads: int = 0) -> dict[str, Any]:
+    """The resolved shape of a `model: auto` section: layers, width and heads as chosen (0 while not yet
+    chosen: the recorded, machine-independent form; a sweep point of `llmpipe scale` sets them in the section),
+    the rest from the section or the family."""
+    family = section.family or AUTO_DEFAULTS["family"]
+    layers, width, heads = layers or section.layers, width or section.width, heads or section.heads
+    defaults = FAMILY_DEFAULTS[family]
+    rope = family in ROPE_FAMILIES
+    intermediate = section.intermediate or (_multiple(width * (section.mlp_ratio or defaults["mlp_ratio"]), 16)
+                                            if width else 0)
+    # Grouped-query attention at half the heads in the modern families, as their presets have it.
+    kv_heads = section.kv_heads or (heads // 2 if rope and heads % 2 == 0 else heads)
+    return {
+        "preset": AUTO, "family": family, "layers": layers, "width": width, "heads": heads, "kv_heads": kv_heads,
+        "context": section.context or AUTO_DEFAULTS["context"], "intermediate": intermediate,
+        "qk_norm": family in QK_NORM_FAMILIES, "tie_embeddings": section.tie_embeddings,
+        "rope_theta": (section.rope_theta or defaults["rope_theta"]) if rope else 0.0,
+    }
+
+
 def model_label(recorded: Any) -> str:
     """A recorded `model` (a resolved section, or a preset name as stages before the section recorded
     it) as one short phrase for reports: `tiny (gpt2, 6 x 256)`."""
+    if isinstance(recorded, dict) and recorded.get("preset") == AUTO and not recorded.get("layers"):
+        return f"auto ({recorded.get('family', '?')}, sized to the budget)"
     if isinstance(recorded, dict):
         return f"{recorded.get('preset', '?')} ({recorded.get('family', '?')}, {recorded.get('layers', '?')} x " \
                f"{recorded.get('width', '?')})"

@@ -23,15 +23,17 @@ from llmpipe.config.constants import (
     DEVICES,
     DPO_LOSS_TYPES,
     GATE_ACTIONS,
+    OPTIMIZERS,
     PRECISIONS,
     QUANTIZE,
     REPORT_TO,
     REWARD_RULES,
     RL_ALGORITHMS,
+    SCHEDULES,
 )
 from llmpipe.config.fields import documented, setting
 from llmpipe.config.paths import map_paths, portable
-from llmpipe.config.presets import FAMILIES, PRESETS, resolve_model
+from llmpipe.config.presets import AUTO, FAMILIES, PRESETS, resolve_model
 from llmpipe.registry import stage_for
 
 CHAT_SAMPLES = ["What colour is the kettle?", "What is 2 plus 3?"]
@@ -154,9 +156,17 @@ class TrainConfig:
     batch_size: int = setting(16, "Rows per device and forward pass (text blocks, conversations, pairs; "
                               "completions in online RL).", ge=1)
     grad_accum: int = setting(1, "Forward passes accumulated into one optimiser step.", ge=1)
-    learning_rate: float = setting(1e-3, "Peak learning rate, reached after warmup, then cosine decay.", gt=0, lt=1)
+    learning_rate: float = setting(1e-3, "Peak learning rate, reached after warmup, then decayed by the schedule.",
+                                   gt=0, lt=1)
+    optimizer: str = setting("adamw", "adamw, or muon: Muon for the hidden 2-D weights (attention, MLP) and AdamW for "
+                             "embeddings, head, norms and biases, at the same learning rate (Muon's step is scaled "
+                             "to AdamW's RMS).", choices=OPTIMIZERS, noun="optimizer")
+    schedule: str = setting("cosine", "Learning-rate schedule after warmup: cosine (down to min_lr_ratio of the peak) "
+                            "or wsd (warmup-stable-decay: constant, then linear to zero over the last "
+                            "decay_fraction of the steps).", choices=SCHEDULES, noun="schedule")
     min_lr_ratio: float = setting(0.1, "Learning rate at the end of the cosine decay, as a share of the peak.",
                                   ge=0, le=1)
+    decay_fraction: float = setting(0.2, "Share of the steps over which the wsd schedule decays to zero.", gt=0, le=1)
     # More warmup than steps is not an error: a short trial run (max_steps=5) keeps the recipe's warmup
     # and the training arguments cap it (llmpipe/train/args.py).
     warmup_steps: int = setting(10, "Steps of linear warmup to the peak learning rate; a run of fewer steps "
@@ -188,6 +198,21 @@ class PretrainConfig(TrainConfig):
     max_steps: int = 300
     learning_rate: float = 2e-3
     warmup_steps: int = 20
+    # Measured at equal wall time (bench/budget.py --optimizers, tinyshakespeare, 120 s): see the README's table.
+    optimizer: str = "muon"
+    schedule: str = "wsd"
+    # A budget instead of max_steps (llmpipe/train/budget.py): steps, warmup, evaluation and checkpoint cadence
+    # follow from it, and a resumed stage keeps the plan its first run made.
+    time_budget: float = setting(0.0, "Seconds of training on this machine (evaluations during training included): "
+                                 "the steps that fit are measured before training starts; 0: no time budget.", ge=0,
+                                 why="0: none")
+    tokens: int = setting(0, "Training tokens (steps x batch x grad_accum x max_length); 0: no token budget.", ge=0,
+                          why="0: none")
+    tokens_per_param: float = setting(0.0, "Training tokens as a multiple of the model's parameters (Chinchilla's "
+                                      "compute-optimal ratio is about 20); 0: not this budget.", ge=0, why="0: none")
+    scaling_fit: str = setting("", "A scale.json from `llmpipe scale` on this data and tokenizer: model: auto then "
+                               "picks the size its law predicts best, instead of Chinchilla's 20 tokens per "
+                               "parameter.", path=True)
     # Web-style corpora repeat themselves; chat and preference rows are short and near-dedup
     # would merge rows that differ in the one word that matters.
     cleaning: CleaningConfig = field(default_factory=lambda: CleaningConfig(near_dedup=True))
@@ -330,7 +355,9 @@ class ModelConfig:
     # with SFT settings tuned for GPT-2 the demo's held-out answer accuracy fell from 0.33 to 0.17 (DPO rose,
     # 0.81 -> 0.85). The switch waits for SFT settings that suit it.
     preset: str = setting("tiny", "Model preset, a family and a shape (llmpipe/config/presets.py); the *-llama and "
-                          "*-qwen3 ones match the GPT-2 presets' sizes.", choices=tuple(PRESETS), noun="model preset")
+                          "*-qwen3 ones match the GPT-2 presets' sizes; auto: pretraining chooses layers and width to suit "
+                          "pretrain.time_budget or pretrain.tokens and the data (and records why).",
+                          choices=(*PRESETS, AUTO), noun="model preset")
     family: str = setting("", "Architecture: gpt2 (learned positions, LayerNorm, GELU MLP), llama (RoPE, RMSNorm, "
                           "SwiGLU, grouped-query attention) or qwen3 (llama's plus QK-norm); empty: the preset's.",
                           choices=FAMILIES, noun="model family", empty=True)

@@ -22,11 +22,15 @@ class StageContext:
     parent_dir: Path | None
     # Inputs besides the parent that decide the result (an RL policy's reward model folder).
     inputs: dict[str, Any] = field(default_factory=dict)
+    # The section as the stage trains it when that differs from the recipe's: a budgeted pretraining run's
+    # steps and cadence (llmpipe/train/budget.py). The recipe's own section stays the stage's identity.
+    planned: Any = None
 
     @property
     def cfg(self) -> Any:
-        """The stage's recipe section (recipe.sft, recipe.align, ...)."""
-        return getattr(self.recipe, self.spec.section)
+        """The stage's settings: its recipe section (recipe.sft, recipe.align, ...), as planned where a plan
+        replaced some of them."""
+        return self.planned if self.planned is not None else getattr(self.recipe, self.spec.section)
 
     @property
     def manifest(self) -> Any:

@@ -300,6 +300,7 @@ def carry_record(manifest: Manifest, previous: Manifest, checkpoint: Path) -> No
         return [e for e in entries or [] if isinstance(e, dict) and isinstance(e.get(key), int) and e[key] <= step]
 
     manifest.before = dict(previous.before)
+    manifest.budget = previous.budget
     manifest.evals, manifest.probes, manifest.samples = upto(previous.evals), upto(previous.probes), upto(previous.samples)
     anomalies = upto((previous.monitor or {}).get("anomalies"))
     manifest.monitor = {"anomalies": anomalies} if anomalies else None

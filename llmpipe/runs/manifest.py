@@ -72,6 +72,11 @@ class Manifest:
                                  "names it): {path, stage, manifest_sha256}")
     reward_model: StageRef | None = _doc("RL policies trained against a reward model: that reward stage, "
                                          "{path, stage, manifest_sha256}; its sha256 is also in config.reward_model_sha256")
+    budget: dict[str, Any] | None = _doc("pretraining sized by a budget (pretrain.time_budget, tokens or tokens_per_param): "
+                                         "{kind, value, steps, tokens, tokens_per_step, warmup_steps, eval_every, "
+                                         "save_every, log_every, parameters, step_seconds and eval_batch_seconds (measured "
+                                         "here), measure_seconds, shape and candidates (model: auto), why}; a resumed "
+                                         "stage keeps it")
     data: dict[str, Any] = _doc("the data report: rows read / kept / dropped by reason per file, file hashes, token counts",
                                 factory=dict)
     metrics: dict[str, Any] = _doc("stage-specific figures, before → after (validation_loss_before, validation_loss, "

@@ -5,18 +5,22 @@ tokenizer)."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
 
-from llmpipe.config.presets import model_label
+from llmpipe.config.presets import AUTO, auto_shape, model_label
 from llmpipe.core.console import fmt_number, say
 from llmpipe.core.errors import UserError
 from llmpipe.data.blocks import BlockDataset, pack_blocks, token_blocks
 from llmpipe.data.pipeline import heldout_texts, stream_text
+from llmpipe.eval.scaling import read_fit
 from llmpipe.models import build_config, count_parameters, flops_per_token, model_context
 from llmpipe.runs.context import StageContext
-from llmpipe.train.args import training_arguments
+from llmpipe.train.args import placement, training_arguments
+from llmpipe.train.budget import Plan, apply_plan, budget_kind, plan_budget, read_plan
 from llmpipe.train.fit import build_trainer, finish, fit
 from llmpipe.train.lora import load_model
 
@@ -32,14 +36,16 @@ def train(ctx: StageContext) -> Path:
     set_seed(recipe.seed)
     # Continued pretraining starts from the parent's model (a base stage); from scratch, from the model section.
     continued = (parent_dir / "config.json").is_file()
+    # model: auto with no shape yet: the budget's plan chooses one (a sweep point of `llmpipe scale` names its own).
+    auto = not continued and recipe.model.preset == AUTO and not recipe.model.layers
     if continued:
         model = load_model(parent_dir)
         context, label = model_context(model.config), f"{model.config.model_type} model from {parent_dir}"
         hint = f"set pretrain.max_length <= {context}"
     else:
         shape = recipe.model.resolved()
-        model_config = build_config(shape, tokenizer)
-        context, label = model_context(model_config), f"'{shape['preset']}' model"
+        context = shape["context"] if auto else model_context(build_config(shape, tokenizer))
+        label = f"'{shape['preset']}' model"
         hint = f"set pretrain.max_length <= {context} or raise model.context"
     if cfg.max_length > context:
         raise UserError(
@@ -59,8 +65,15 @@ def train(ctx: StageContext) -> Path:
     # Bits per byte makes validation loss comparable across tokenizers: nats/token × tokens/byte / ln 2.
     tokens_per_byte = val_tokens / sum(len(t.encode("utf-8")) for t in val_texts)
 
-    if not continued:
-        model = AutoModelForCausalLM.from_config(model_config)
+    if not continued and not auto:
+        model = AutoModelForCausalLM.from_config(build_config(shape, tokenizer))
+    if budget_kind(cfg) is not None:
+        plan = _plan(ctx, tokenizer, None if auto else model, train_blocks, len(val_blocks))
+        cfg = ctx.planned = apply_plan(cfg, plan)
+        if auto:
+            shape = plan.shape
+            set_seed(recipe.seed)  # the chosen shape initialised as if it had been named: measuring drew numbers
+            model = AutoModelForCausalLM.from_config(build_config(shape, tokenizer))
     n_params = count_parameters(model)
     say(f"pretrain: {label if continued else model_label(shape)}, {n_params / 1e6:.2f}M parameters, {len(train_blocks)} train blocks "
         f"of {cfg.max_length} tokens, {len(val_blocks)} validation blocks")
@@ -105,3 +118,36 @@ def train(ctx: StageContext) -> Path:
         size += len(text.encode("utf-8"))
     heldout = [("pretrain-validation", "text", kept)]
     return finish(ctx, fitted, tokenizer, metric, heldout)
+
+
+def _plan(ctx: StageContext, tokenizer: Any, model: Any, train_blocks: Any, val_blocks: int) -> Plan:
+    """The budget's plan: the first run's when resuming (recorded in the manifest), else made now by measuring
+    this machine (and, under model: auto, choosing the shape); printed and recorded either way."""
+    recipe, cfg = ctx.recipe, ctx.cfg
+    if ctx.resumed and ctx.manifest.budget:
+        plan = read_plan(ctx.manifest.budget)
+        say(f"pretrain: budget plan of the interrupted run kept: {plan.steps} steps")
+        return plan
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.time_budget and processes > 1:
+        # Each process would time its own steps and could plan a different step count, and the processes of one
+        # launch must take the same steps; a token budget plans the same everywhere.
+        raise UserError("a time budget is measured by one process; this launch has several", file=recipe.source,
+                        field="pretrain.time_budget", hint="use pretrain.tokens (the same steps on every process)")
+    bf16 = placement(recipe)["bf16"]
+
+    def shape_for(layers: int, width: int, heads: int) -> dict[str, Any]:
+        return auto_shape(recipe.model, layers, width, heads)
+
+    def build(shape: dict[str, Any]) -> Any:
+        return AutoModelForCausalLM.from_config(build_config(shape, tokenizer))
+
+    eval_batches = math.ceil(val_blocks / cfg.batch_size)
+    plan = plan_budget(cfg, given=recipe.given, section=ctx.spec.section, model=model, build=build, shape_for=shape_for,
+                       blocks=train_blocks, eval_batches=eval_batches, bf16=bf16,
+                       scaling_fit=read_fit(cfg.scaling_fit) if cfg.scaling_fit else None,
+                       processes=processes)
+    say(f"pretrain: {plan.why} (measured in {plan.measure_seconds:.1f} s)")
+    ctx.manifest.budget = plan.record()
+    ctx.writer.save_manifest()
+    return plan

@@ -21,6 +21,7 @@ import torch
 from llmpipe.config import Recipe, TrainConfig
 from llmpipe.core.errors import UserError
 from llmpipe.runs import StageWriter
+from llmpipe.train.optim import schedule_arguments
 
 
 def bf16_supported(device_type: str) -> bool:
@@ -79,10 +80,8 @@ def training_arguments(args_class: type, cfg: TrainConfig, recipe: Recipe, write
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
         # A run shorter than its warmup warms up over the whole run (sft.max_steps=5 with the default warmup of 10).
-        warmup_steps=min(cfg.warmup_steps, cfg.max_steps),
+        **schedule_arguments(cfg, cfg.max_steps),
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         eval_strategy="steps",

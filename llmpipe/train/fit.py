@@ -30,6 +30,7 @@ from llmpipe.speed import fast_trainer
 from llmpipe.train.checkpoints import Interrupted
 from llmpipe.train.lora import is_lora, parameter_counts, save_trained
 from llmpipe.train.monitor import Monitor, MonitorSetup, TrainingDiverged, attach_monitor
+from llmpipe.train.optim import use_optimizer
 from llmpipe.train.sharding import check_fsdp, engine, fsdp_on_cpu
 
 
@@ -116,6 +117,8 @@ def fit(ctx: StageContext, trainer: Any, tokenizer: Any, *, measure: Callable[[A
         max_new_tokens=getattr(cfg, "max_new_tokens", 24),
         spikes=spikes,
     )
+    key = f"{ctx.spec.section}.optimizer"
+    use_optimizer(trainer, cfg, key, explicit=key in ctx.recipe.given)
     monitor = attach_monitor(trainer, setup, ctx.recipe, tokenizer, ctx.writer.work_dir)
     monitor.carry(ctx.manifest)
     if not ctx.resumed:
