@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-SETTINGS = ["precision=fp32", "pretrain.max_steps=12", "pretrain.save_every=4", "--device", "cpu"]
+# AdamW named: pretraining's default Muon falls back to AdamW under FSDP (llmpipe/train/optim.py), so the
+# one-process run it is compared with names it too.
+SETTINGS = ["precision=fp32", "pretrain.max_steps=12", "pretrain.save_every=4", "pretrain.optimizer=adamw", "--device", "cpu"]
 COMMANDS = (("run",), ("align", "--method", "kto"), ("align", "--method", "rlhf"))
 STAGES = ("pretrain", "sft", "dpo", "kto", "reward", "rlhf")
 CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp-cpu.yaml"}
