@@ -66,6 +66,12 @@ EXCLUDED = {
     "micro --device cpu":
         "two processes of a whole chain cost minutes on 2 cores; tests/test_scaleout.py runs this launch (same config, "
         "2 processes, OMP_NUM_THREADS=1) stage by stage",
+    "llmpipe align recipes/tiny.yaml --method cai align.cai.train=dpo --out runs/cai-dpo --from runs/tiny/sft":
+        "the micro model's greedy replies are the same few tokens whatever it is asked, so no revision differs from its "
+        "draft and DPO has no pair (exit 2, as it should); tests/test_cai.py trains cai with align.cai.train=dpo on "
+        "sampled replies",
+    "llmpipe align recipes/tiny.yaml --method cai align.cai.constitution=my-principles.md align.cai.judge=runs/smol/base":
+        "names the user's own constitution; tests/test_cai.py runs cai with a Markdown constitution and a judge stage folder",
 }
 if not (ROOT.parent / "shared" / "data").is_dir():
     EXCLUDED["llmpipe run recipes/tiny.yaml sft.train_files=../shared/data/alpaca.train.jsonl "
