@@ -268,6 +268,8 @@ def test_readme_commands_run_on_the_micro_recipe(micro_run: Path, tmp_path: Path
     # make demo and `llmpipe run` found the micro run complete: nothing was retrained.
     assert {stage: _manifest(runs / "tiny" / stage)["created"] for stage in demo} == demo
     assert _manifest(runs / "tiny" / "kto")["status"] == "complete"
+    # Constitutional AI with the defaults (greedy): its dataset beside the model.
+    assert _manifest(runs / "tiny" / "cai")["generation"]["prompts"]["train"] > 0 and (runs / "tiny" / "cai" / "revisions.jsonl").is_file()
     assert (repo / "hf" / "tiny-dpo" / "model.safetensors").is_file() and not (repo / "hf" / "tiny-dpo" / "manifest.json").exists()
     assert (runs / "tiny" / "report" / "report.md").is_file() and (runs / "tiny" / "report" / "report.html").is_file()
     assert json.loads((runs / "tiny" / "dpo" / "eval.json").read_text())["against"] == str((runs / "tiny" / "sft").resolve())
