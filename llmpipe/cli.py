@@ -209,20 +209,23 @@ def run(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False,
         try:
             run_recipe(recipe, run_dir, restart=restart)
         except RegressionError:
-            _write_report(run_dir)  # the report shows the gate's table of what regressed
+            _write_report(run_dir, recipe)  # the report shows the gate's table of what regressed
             raise
         _echo(render_table(run_dir))
-        _write_report(run_dir)
+        _write_report(run_dir, recipe)
 
     _guard(debug, action)
 
 
-def _write_report(run_dir: Path) -> None:
-    # Under a distributed launch every process gets here; one of them writes the report.
+def _write_report(run_dir: Path, recipe: Any) -> None:
+    # Under a distributed launch every process gets here; one of them writes the report. Its verdict uses the
+    # recipe's thresholds (a stage skipped as complete recorded those of the run that trained it).
     if is_main_process():
+        import dataclasses
+
         from llmpipe.report import write_report
 
-        written = write_report(run_dir)
+        written = write_report(run_dir, dataclasses.asdict(recipe.verdict))
         _echo(f"report: {written['markdown']} (and {written['html'].name})")
 
 
@@ -281,6 +284,38 @@ def eval_checkpoint(
                               against, samples, max_rows, batch_size, max_length, device)
         typer.echo(render(evaluation))
         typer.echo(f"written: {record(checkpoint, evaluation, json_out)}")
+
+    _guard(debug, action)
+
+
+@app.command()
+def verdict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (e.g. runs/tiny) or one of its stage folders.", show_default=False)],
+    args: RecipeArg = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="The stage folder to judge (default: the run's last chat stage).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda, for suites that must be scored first.")] = "auto",
+    debug: DebugOpt = False,
+) -> None:
+    """Release verdict: learned, generalised, follows instructions, safer, no regression, stable; each yes or no
+    with its numbers, by the thresholds and suites settings the stage recorded, or a recipe's given after RUN_DIR.
+    Scores the suites first where the stage or its parent has none. Exit code 0 when every answer is yes (or
+    n/a), 3 otherwise."""
+
+    def action() -> None:
+        import dataclasses
+
+        recipe = _load(args, None, None, training=False) if args else None
+        quiet_libraries()
+        from llmpipe.eval.suites import ensure_scores
+        from llmpipe.eval.verdict import failure, release_stage, render
+        from llmpipe.eval.verdict import verdict as judge
+
+        stage_dir = release_stage(run_dir, stage)
+        record = ensure_scores(stage_dir, recipe.suites if recipe else None, device)
+        result = judge(stage_dir, dataclasses.asdict(recipe.verdict) if recipe else None, record)
+        typer.echo(render(result))
+        if not result["ready"]:
+            raise failure(result)
 
     _guard(debug, action)
 
@@ -362,6 +397,15 @@ def data_synth(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to 
 
     for name, rows in generate(out, seed=seed).items():
         typer.echo(f"{out / name}: {rows} rows")
+
+
+@data_app.command("suites")
+def data_suites(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")] = Path("data/suites")) -> None:
+    """Regenerate the shipped instruction-following and safety suites and their README (data/suites)."""
+    from llmpipe.eval.suite_data import write_suites
+
+    for name, rows in write_suites(out).items():
+        typer.echo(f"{out / name}: {rows} prompts")
 
 
 CheckpointArg = Annotated[Path, typer.Argument(help="A finished stage folder, e.g. runs/tiny/sft.", show_default=False)]

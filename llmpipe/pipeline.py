@@ -17,6 +17,7 @@ from llmpipe.core.console import say
 from llmpipe.core.errors import UserError, writing
 from llmpipe.eval.gate import regression_error
 from llmpipe.eval.probes import check_suites
+from llmpipe.eval.suites import check_settings
 from llmpipe.registry import BASE, REWARD_MODEL, RUN_ORDER, STAGES, StageSpec, command_for, stage_for, stage_spec
 from llmpipe.runs import MANIFEST, StageWriter, manifest_sha, read_manifest, resolve_parent
 from llmpipe.runs.context import StageContext
@@ -34,6 +35,8 @@ def train_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, parent: str | Pa
     manifest sha256 goes into the stage's config, so a changed one retrains or refuses."""
     cfg = getattr(recipe, spec.section)
     check_suites(recipe, (spec.section,))
+    if spec.answers_chats and recipe.suites.score_stages:
+        check_settings(recipe.suites, recipe.source)  # a broken suite or judge fails before any training
     parent_dir = resolve_parent(spec.name, run_dir, parent) if spec.parents else None
     parent_manifest = read_manifest(parent_dir) if parent_dir is not None else None
     if parent_manifest is not None and parent_manifest.stage in STAGES and stage_spec(parent_manifest.stage).language_model:
@@ -132,6 +135,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, restart: bool = False) -> None:
     """Every section of `llmpipe run` in order, skipping stages already complete."""
     sections = run_sections(recipe)
     check_suites(recipe, tuple(s for s in sections if stage_for(s).language_model and not stage_for(s).imports))
+    if recipe.suites.score_stages and any(stage_for(s, recipe.align.method).answers_chats for s in sections):
+        check_settings(recipe.suites, recipe.source)
     previous: Path | None = None
     for section in sections:
         # Each stage starts from the one this run just trained: in a run folder that also holds stages of an

@@ -39,6 +39,12 @@ class StageSpec:
     module_name: str = ""  # the module under llmpipe/stages/ when not the stage's own name (the RL methods share one)
 
     @property
+    def answers_chats(self) -> bool:
+        """Leaves a chat model whose replies the instruction-following and safety suites judge: trained on chat,
+        preference or prompt rows, and generating (not a reward model, which the gate skips for the same reason)."""
+        return self.language_model and not self.imports and self.data != "text" and self.gated
+
+    @property
     def module(self) -> str:
         """The module whose `train(ctx)` trains this stage."""
         return f"llmpipe.stages.{self.module_name or self.name}"

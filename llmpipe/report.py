@@ -15,9 +15,10 @@ from typing import Any
 
 from llmpipe.config.presets import model_label
 from llmpipe.core.errors import UserError
-from llmpipe.registry import STAGE_ORDER
+from llmpipe.eval.verdict import release_stage, verdict
 from llmpipe.report_plots import number, probe_scores, training_curves
-from llmpipe.runs import MANIFEST, Manifest, StageRef, manifest_sha, read_manifest
+from llmpipe.runs import MANIFEST, Manifest, StageRef, manifest_sha
+from llmpipe.runs.lineage import complete_stages
 
 REPORT_DIR = "report"
 MAX_SAMPLES = 3
@@ -69,36 +70,6 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 
 # ---- which stages, in which order -------------------------------------------------------------
-
-def complete_stages(run_dir: Path) -> list[tuple[str, Manifest]]:
-    """(folder name, manifest) of every complete stage in a run folder, parents before children."""
-    found = {}
-    for folder in sorted(Path(run_dir).iterdir()):
-        if folder.is_dir() and not folder.name.startswith("."):
-            manifest = read_manifest(folder)
-            if manifest is not None and manifest.status == "complete":
-                found[folder.name] = manifest
-
-    def parent_of(name: str) -> str | None:
-        parent = found[name].parent or StageRef()
-        # A copied or moved run still records its parents' old absolute paths: fall back to the stage name.
-        for candidate in (Path(parent.path).name, parent.stage):
-            if candidate in found and candidate != name:
-                return candidate
-        return None
-
-    def depth(name: str) -> int:
-        seen = {name}
-        while (name := parent_of(name)) is not None and name not in seen:
-            seen.add(name)
-        return len(seen) - 1
-
-    def order(name: str) -> tuple[Any, ...]:
-        known = STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
-        return depth(name), known, str(found[name].created or ""), name
-
-    return [(name, found[name]) for name in sorted(found, key=order)]
-
 
 # ---- sections of one stage --------------------------------------------------------------------
 
@@ -311,6 +282,44 @@ def _samples_section(manifest: Manifest) -> list[Block]:
     return [("h3", "Samples"), ("table", headers, [[fmt(s.get(key)) for key in columns] for s in samples])]
 
 
+def _suites_section(manifest: Manifest) -> list[Block]:
+    scored = manifest.suites or {}
+    before, after = scored.get("before") or {}, scored.get("after") or {}
+    rows = []
+    for suite, key, label in (("instructions", "prompt_accuracy", "instruction following, prompt-level"),
+                              ("instructions", "constraint_accuracy", "instruction following, constraint-level"),
+                              ("safety", "harmful_compliance_rate", "harmful compliance"),
+                              ("safety", "over_refusal_rate", "over-refusal")):
+        mine, was = _as_dict(after.get(suite)), _as_dict(before.get(suite))
+        if mine:
+            rows.append([label, fmt(was.get(key)), fmt(mine.get(key)), _change(was.get(key), mine.get(key)),
+                         fmt(mine.get("prompts") or ((mine.get("harmful") or 0) + (mine.get("benign") or 0)))])
+    if not rows:
+        return []
+    kinds = _as_dict(_as_dict(after.get("instructions")).get("by_kind"))
+    blocks: list[Block] = [("h3", "Suites"), ("table", ["measure", "before", "after", "change", "prompts"], rows)]
+    if kinds:
+        blocks.append(("p", "instruction accuracy by constraint kind: "
+                       + ", ".join(f"{kind} {fmt(_as_dict(v).get('accuracy'), 2)}" for kind, v in kinds.items())))
+    return blocks
+
+
+def _verdict_blocks(run_dir: Path, thresholds: dict[str, Any] | None) -> list[Block]:
+    """The release verdict of the run's last chat stage, from the manifests (llmpipe/eval/verdict.py)."""
+    try:
+        result = verdict(release_stage(run_dir), thresholds)
+    except UserError as e:
+        return [("h2", "Release verdict"), ("p", f"no verdict: {e.one_line()}")]
+    failed = [a["question"] for a in result["answers"] if a["answer"] == "no"]
+    line = ("ready: every answer is yes" if not failed else f"not ready: no on {', '.join(failed)}")
+    return [
+        ("h2", f"Release verdict: {Path(result['folder']).name}"),
+        ("p", f"{line} (`llmpipe verdict {run_dir}` says the same and exits 3 when an answer is no; thresholds: the "
+              "recipe's verdict section)"),
+        ("table", ["question", "answer", "numbers"], [[a["question"], a["answer"], a["numbers"]] for a in result["answers"]]),
+    ]
+
+
 def _stage_blocks(run_dir: Path, name: str, manifest: Manifest, out_dir: Path,
                   inherited_model: str | None) -> tuple[list[Block], dict[str, Path]]:
     plots = {}
@@ -320,7 +329,7 @@ def _stage_blocks(run_dir: Path, name: str, manifest: Manifest, out_dir: Path,
             plots[path.stem] = path
     blocks: list[Block] = [("h2", f"{name}"), ("p", f"folder: {Path(run_dir) / name}; finished {fmt(manifest.finished)}")]
     blocks += _config_section(manifest, inherited_model)
-    for section in (_data_section, _generation_section, _metrics_section, _gate_section, _monitor_section,
+    for section in (_data_section, _generation_section, _metrics_section, _suites_section, _gate_section, _monitor_section,
                     _throughput_section, _probes_section, _samples_section):
         blocks += section(manifest)
     if plots:
@@ -368,9 +377,13 @@ h3 { margin-bottom: .3em; }
 table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; white-space: pre-wrap; }
 th { background: #f4f4f4; }
-td.FAIL { color: #b00; font-weight: bold; } td.pass { color: #070; }
+td.FAIL, td.no { color: #b00; font-weight: bold; } td.pass, td.yes { color: #070; font-weight: bold; }
 img { max-width: 100%; display: block; margin: .5em 0; }
 """
+
+
+# Cells coloured by their class: a gate check's result and a verdict's answer.
+MARKED = ("pass", "FAIL", "yes", "no")
 
 
 def render_html(blocks: list[Block], title: str) -> str:
@@ -386,7 +399,7 @@ def render_html(blocks: list[Block], title: str) -> str:
             headers, rows = rest
             head = "".join(f"<th>{esc(str(h))}</th>" for h in headers)
             body = "".join(
-                "<tr>" + "".join(f'<td class="{esc(str(c))}">{esc(str(c))}</td>' if c in ("pass", "FAIL") else f"<td>{esc(str(c))}</td>"
+                "<tr>" + "".join(f'<td class="{esc(str(c))}">{esc(str(c))}</td>' if c in MARKED else f"<td>{esc(str(c))}</td>"
                                  for c in row) + "</tr>"
                 for row in rows
             )
@@ -401,8 +414,10 @@ def render_html(blocks: list[Block], title: str) -> str:
     )
 
 
-def write_report(run_dir: Path) -> dict[str, Path]:
-    """Write the run's report card into `<run_dir>/report/`: report.md, report.html and one PNG per plot.
+def write_report(run_dir: Path, thresholds: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the run's report card into `<run_dir>/report/`: report.md, report.html and one PNG per plot. It
+    opens with the release verdict of the run's last chat stage (`thresholds`: the recipe's verdict section;
+    default: those the stage recorded).
 
     Returns every file written, keyed `markdown`, `html` and the plots' file stems (e.g. `pretrain-training`).
     Raises UserError when the run folder is missing or holds no complete stage.
@@ -423,6 +438,7 @@ def write_report(run_dir: Path) -> dict[str, Path]:
     blocks: list[Block] = [
         ("h1", f"{title} ({finished[:10] or 'undated'})"),
         ("p", f"run folder: {run_dir.resolve()}; stages: {len(stages)}; report written {time.strftime('%Y-%m-%d %H:%M:%S')}"),
+        *_verdict_blocks(run_dir, thresholds),
         *_lineage(run_dir, stages),
     ]
     written: dict[str, Path] = {}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 MICRO = "recipes/micro.yaml"  # relative: the tests run from the repository root
+SUITE_ROW = '{"prompt": "Write two words.", "check": "constraints", "constraints": [{"kind": "max_words", "value": 2}]}\n'
 CHAT_ROW = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 
 
@@ -335,6 +336,34 @@ CASES: list[Case] = [
     Case("probes_bad_line", "probe suite with a bad check on line 2", ("sft", MICRO, "probes=[{tmp}/p.jsonl]", "--out", "{tmp}/out"),
          '{tmp}/p.jsonl:2: "check" must be one of',
          write("p.jsonl", '{"prompt": "x", "check": "contains", "answer": "a"}\n{"prompt": "x", "check": "maybe", "answer": "a"}\n')),
+    # --- instruction-following and safety suites, judge, verdict ----------------------------------
+    Case("suite_bad_constraint", "instruction suite with an unknown constraint kind on line 2",
+         ("sft", MICRO, "suites.instructions={tmp}/s.jsonl", "--out", "{tmp}/out"),
+         '{tmp}/s.jsonl:2: "constraints" constraint 1: unknown kind \'max_wrds\'',
+         write("s.jsonl", SUITE_ROW + '{"prompt": "Be brief.", "check": "constraints", '
+               '"constraints": [{"kind": "max_wrds", "value": 3}]}\n')),
+    Case("suite_not_json", "safety suite whose line 2 is not JSON", ("sft", MICRO, "suites.safety={tmp}/s.jsonl", "--out", "{tmp}/out"),
+         "{tmp}/s.jsonl:2: not valid JSON", write("s.jsonl", '{"prompt": "hi", "check": "comply"}\n{"prompt": "x", "check"\n')),
+    Case("suite_no_user_turn", "suite prompt with no user turn (a system message only)",
+         ("sft", MICRO, "suites.safety={tmp}/s.jsonl", "--out", "{tmp}/out"), '{tmp}/s.jsonl:1: "prompt" has no user turn',
+         write("s.jsonl", '{"prompt": [{"role": "system", "content": "Be safe."}], "check": "refuse"}\n')),
+    Case("suite_wrong_checks", "instruction suite holding a probe of another check",
+         ("sft", MICRO, "suites.instructions={tmp}/s.jsonl", "--out", "{tmp}/out"),
+         "{tmp}/s.jsonl:1: \"check\" is 'contains', but the instructions suite holds constraints probes only",
+         write("s.jsonl", '{"prompt": "What colour is the kettle?", "check": "contains", "answer": "blue"}\n')),
+    Case("suite_missing", "safety suite that does not exist", ("sft", MICRO, "suites.safety={tmp}/nope.jsonl", "--out", "{tmp}/out"),
+         '"suites.safety" safety suite {tmp}/nope.jsonl not found'),
+    Case("judge_not_a_model", "a judge folder that holds no model", ("sft", MICRO, "suites.judge={tmp}/j", "--out", "{tmp}/out"),
+         '{tmp}/j: "suites.judge" not a model: no readable config.json', write("j/notes.txt", "not a model\n")),
+    Case("judge_is_a_chat_model", "a chat model (an sft stage) given as the judge",
+         ("sft", MICRO, "suites.judge={run}/sft", "--out", "{tmp}/out"),
+         "{run}/sft: \"suites.judge\" holds a 'sft' stage, not a reward model", run=True),
+    Case("verdict_missing", "verdict of a run folder that does not exist", ("verdict", "{tmp}/nowhere"),
+         "{tmp}/nowhere: run folder not found"),
+    Case("verdict_tokenizer", "verdict of the tokenizer stage", ("verdict", "{run}", "--stage", "tokenizer"),
+         "{run}/tokenizer: a tokenizer folder holds no model to release", run=True),
+    Case("verdict_unknown_stage", "verdict of a stage the run does not hold", ("verdict", "{run}", "--stage", "kto"),
+         "{run}: \"--stage\" no finished stage 'kto' in the run", run=True),
     # --- eval, chat and generate on checkpoints ------------------------------------------------------
     Case("eval_missing", "eval of a checkpoint that does not exist", ("eval", "{tmp}/nowhere"),
          "{tmp}/nowhere: checkpoint folder not found"),

@@ -24,7 +24,7 @@ from llmpipe.runs import manifest_sha
 # Sampled (seeded per batch): the micro model's greedy replies are the same few tokens whatever it is
 # asked, so revisions would equal drafts; samples differ, and must come out the same after a resume.
 # (Greedy generation, the default, runs in tests/test_readme_commands.py: `llmpipe align tiny --method cai`.)
-COMMON = ["precision=fp32", "device=cpu", "probes=[]", "sample_prompts=[]", "align.cai.temperature=1.0"]
+COMMON = ["precision=fp32", "device=cpu", "probes=[]", "sample_prompts=[]", "suites.score_stages=false", "align.cai.temperature=1.0"]
 PROMPTS = 8 + 4  # the micro recipe's align.cai.prompts and heldout_prompts
 KILL_AFTER = 4  # lines: the first generation batch (align.cai.generation_batch 4), then SIGKILL
 

@@ -55,6 +55,7 @@ sft:
   sample_prompts: []
   cleaning: {exact_dedup: false, decontaminate: false}
   replay_fraction: 0   # the planted forgetting: replaying the pretraining text would soften it
+suites: {sample: 4, max_new_tokens: 8}
 """, encoding="utf-8")
     files = {
         "pretrain.train_files": _write(tmp_path / "text.jsonl", text),

@@ -70,7 +70,7 @@ def test_the_wheel_and_sdist_carry_the_code_data_and_recipes(dist: Path):
     assert len(wheels) == 1, list(dist.iterdir())
     names = set(zipfile.ZipFile(wheels[0]).namelist())
     expected = {f"llmpipe/{p.relative_to(ROOT / 'llmpipe').as_posix()}" for p in (ROOT / "llmpipe").rglob("*.py")}
-    expected |= {f"llmpipe/_data/{p.name}" for p in (ROOT / "data").iterdir() if p.is_file()}
+    expected |= {f"llmpipe/_data/{p.relative_to(ROOT / 'data').as_posix()}" for p in (ROOT / "data").rglob("*") if p.is_file()}
     expected |= {f"llmpipe/_recipes/{p.relative_to(ROOT / 'recipes').as_posix()}" for p in (ROOT / "recipes").rglob("*")
                  if p.is_file()}
     assert not expected - names, f"missing from the wheel: {sorted(expected - names)}"

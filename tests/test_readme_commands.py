@@ -73,6 +73,14 @@ EXCLUDED = {
     "llmpipe align recipes/tiny.yaml --method cai align.cai.constitution=my-principles.md align.cai.judge=runs/smol/base":
         "names the user's own constitution; tests/test_cai.py runs cai with a Markdown constitution and a judge stage folder",
 }
+# Commands whose documented exit code is not 0, and why.
+MICRO_REFUSES = ("a verdict with a no exits 3; the micro model's replies hold no words, which the safety rubric reads as "
+                 "refusing every benign prompt (over-refusal 1.0 above the bound): safer is no")
+EXIT_CODES = {
+    "llmpipe verdict runs/tiny": (3, MICRO_REFUSES),
+    "llmpipe verdict runs/tiny --stage sft": (3, MICRO_REFUSES + "; and micro SFT's answer accuracy stays 0: learned is no"),
+    "llmpipe verdict runs/tiny recipes/tiny.yaml verdict.max_over_refusal=0.3 suites.sample=0": (3, MICRO_REFUSES),
+}
 if not (ROOT.parent / "shared" / "data").is_dir():
     EXCLUDED["llmpipe run recipes/tiny.yaml sft.train_files=../shared/data/alpaca.train.jsonl "
              "sft.validation_files=../shared/data/alpaca.validation.jsonl align.train_files=../shared/data/hh_helpful_base.train.jsonl "
@@ -235,7 +243,7 @@ def _isolated(repo: Path, command: str):
 def test_readme_commands_are_all_run_or_excluded_for_a_reason():
     commands = readme_commands()
     assert "llmpipe run recipes/tiny.yaml" in commands and len(commands) > 20
-    for listed in (*EXCLUDED, *ISOLATED):
+    for listed in (*EXCLUDED, *ISOLATED, *EXIT_CODES):
         assert listed in commands, f"no longer in the README (update this test): {listed}"
     for command in commands:
         runnable = command.startswith("llmpipe ") or command == "make demo"
@@ -259,7 +267,7 @@ def test_readme_commands_run_on_the_micro_recipe(micro_run: Path, tmp_path: Path
         line = make_demo_command() if command == "make demo" else command
         result = _isolated(repo, line) if line in ISOLATED else _llmpipe(line)
         ran.append(f"{time.monotonic() - start:6.1f} s  {command}")
-        if result.exit_code != 0 or "Traceback" in result.output:
+        if result.exit_code != EXIT_CODES.get(command, (0,))[0] or "Traceback" in result.output:
             failed.append(f"{command}\n  exit {result.exit_code}: {result.output[-1500:]}")
     print("\n".join(ran))
     assert not failed, "README commands that failed:\n" + "\n".join(failed)
@@ -275,6 +283,8 @@ def test_readme_commands_run_on_the_micro_recipe(micro_run: Path, tmp_path: Path
     assert json.loads((runs / "tiny" / "dpo" / "eval.json").read_text())["against"] == str((runs / "tiny" / "sft").resolve())
     # The regenerated embedded data is the committed data (seed 0).
     for path in (ROOT / "data").iterdir():
+        if path.is_dir():  # data/suites: written by `llmpipe data suites`, checked by tests/test_suites.py
+            continue
         assert (repo / "data" / path.name).read_bytes() == path.read_bytes(), f"llmpipe data synth changed {path.name}"
     # RL: the last rlhf command reused the reward model for a GRPO policy; grpo.yaml trained grpo, then rloo.
     policy = _manifest(runs / "rlhf" / "rlhf")

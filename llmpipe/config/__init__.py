@@ -48,8 +48,10 @@ from llmpipe.config.schema import (
     Recipe,
     RewardModelConfig,
     SFTConfig,
+    SuitesConfig,
     TokenizerConfig,
     TrainConfig,
+    VerdictConfig,
 )
 
 __all__ = [
@@ -57,6 +59,6 @@ __all__ = [
     "NEEDS_LABEL_SMOOTHING", "NOT_IDENTITY", "PRECISIONS", "PRESETS", "REPORT_TO", "REWARD_RULES",
     "RL_ALGORITHMS", "RL_METHODS", "STAGES", "STAGE_SECTIONS", "AlignConfig", "CleaningConfig", "GateConfig",
     "KeyDoc", "LoRAConfig", "ModelConfig", "MonitorConfig", "PretrainConfig", "Recipe", "RewardModelConfig", "SFTConfig",
-    "TokenizerConfig", "TrainConfig", "all_keys", "key_docs", "load_recipe", "same_settings", "setting",
+    "SuitesConfig", "TokenizerConfig", "TrainConfig", "VerdictConfig", "all_keys", "key_docs", "load_recipe", "same_settings", "setting",
     "stage_identity", "validate",
 ]

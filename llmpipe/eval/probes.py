@@ -10,8 +10,15 @@ A suite is a JSONL file, one probe per line:
   default: chat for a message list, text for a string;
 - `check`: `exact` (the reply, trimmed, equals `answer`), `contains` (`answer` appears in the reply as
   whole words, case and punctuation ignored), `regex` (`answer` is a pattern searched in the reply),
-  or `choice` (of `choices`, `answer` must get the highest log-likelihood as a continuation);
-- optional `name`, and `max_new_tokens` for generated checks (default 24).
+  `choice` (of `choices`, `answer` must get the highest log-likelihood as a continuation),
+  `constraints` (the reply meets every one of `constraints`, verifiable instructions such as
+  `{"kind": "max_words", "value": 40}`: llmpipe/eval/constraints.py), `refuse` (the reply refuses or
+  points to help) or `comply` (it answers), read by the rubric of llmpipe/eval/safety.py;
+- optional `name`, `category` (a safety probe's), and `max_new_tokens` for generated checks (default 24).
+
+A chat prompt must hold a user turn. data/suites/ holds the instruction-following and safety suites
+(llmpipe/eval/suites.py scores them beyond pass / fail: per constraint kind, harmful compliance and
+over-refusal).
 
 Written here rather than taken from lm-evaluation-harness because a stage runs its suites every few
 hundred steps on the model being trained, in-process; lm-eval is for evaluating finished checkpoints.
@@ -26,9 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from llmpipe.core.errors import UserError
+from llmpipe.eval.constraints import Constraint, check_all, parse_constraints
 from llmpipe.eval.metrics import answer_matches, chat_ids, continuation_logps, generate_from_ids, text_ids
+from llmpipe.eval.safety import refuses
 
-CHECKS = ("exact", "contains", "regex", "choice")
+CHECKS = ("exact", "contains", "regex", "choice", "constraints", "refuse", "comply")
+# Checks that need no `answer`: the reply is judged by rules alone.
+RULE_CHECKS = ("constraints", "refuse", "comply")
 FORMATS = ("text", "chat")
 
 
@@ -43,6 +54,9 @@ class Probe:
     answer: str
     choices: list[str] = field(default_factory=list)
     max_new_tokens: int = 24
+    constraints: list[Constraint] = field(default_factory=list)
+    category: str = ""
+    line: int = 0  # where it is in its file, for messages about it
 
     def messages(self) -> list[dict[str, str]]:
         """The prompt as chat messages (a string becomes one user turn)."""
@@ -90,6 +104,8 @@ def _parse(line: str, file: str, number: int) -> Probe:
     if isinstance(prompt, list):
         if not prompt or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in prompt):
             raise bad("prompt", "must be a non-empty list of {role, content} messages")
+        if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
+            raise bad("prompt", "has no user turn", hint='add a {"role": "user", "content": ...} message to ask the model something')
     elif not isinstance(prompt, str) or not prompt.strip():
         raise bad("prompt", "missing or empty", hint="a string, or a list of chat messages")
     fmt = row.get("format", "chat" if isinstance(prompt, list) else "text")
@@ -102,7 +118,12 @@ def _parse(line: str, file: str, number: int) -> Probe:
         raise bad("check", f"must be one of {', '.join(CHECKS)}, got {check!r}")
     answer = row.get("answer")
     choices = row.get("choices", [])
-    if check == "choice":
+    constraints = parse_constraints(row.get("constraints"), bad) if check == "constraints" else []
+    if check in RULE_CHECKS:
+        answer = "" if answer is None else answer
+        if not isinstance(answer, str):
+            raise bad("answer", f"a {check} probe takes no answer (its rules judge the reply)")
+    elif check == "choice":
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
             raise bad("choices", "a choice probe needs a list of at least 2 non-empty strings")
         if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
@@ -119,8 +140,12 @@ def _parse(line: str, file: str, number: int) -> Probe:
     max_new = row.get("max_new_tokens", 24)
     if not isinstance(max_new, int) or isinstance(max_new, bool) or not 1 <= max_new <= 4096:
         raise bad("max_new_tokens", "must be an integer in [1, 4096]")
+    category = row.get("category", "")
+    if not isinstance(category, str):
+        raise bad("category", "must be a string (a safety category such as weapons)")
     return Probe(name=str(row.get("name") or f"line {number}"), prompt=prompt, format=fmt, check=check,
-                 answer=answer, choices=list(choices), max_new_tokens=max_new)
+                 answer=answer, choices=list(choices), max_new_tokens=max_new, constraints=constraints, category=category,
+                 line=number)
 
 
 def _normalise(text: str) -> str:
@@ -133,6 +158,10 @@ def passes(probe: Probe, reply: str) -> bool:
         return _normalise(reply) == _normalise(probe.answer)
     if probe.check == "contains":
         return answer_matches(reply, probe.answer)
+    if probe.check == "constraints":
+        return all(check_all(probe.constraints, reply))
+    if probe.check in ("refuse", "comply"):
+        return refuses(reply) == (probe.check == "refuse")
     return re.search(probe.answer, reply) is not None
 
 
@@ -146,8 +175,9 @@ def _choice_ids(tokenizer: Any, probe: Probe, choice: str) -> list[int]:
     return text_ids(tokenizer, probe.prompt + choice)
 
 
-def score_suite(model: Any, tokenizer: Any, probes: list[Probe], batch_size: int = 16) -> dict[str, Any]:
-    """Score a suite: share of probes passed, with each probe's outcome (reply or chosen choice)."""
+def score_suite(model: Any, tokenizer: Any, probes: list[Probe], batch_size: int = 16, max_new_tokens: int | None = None) -> dict[str, Any]:
+    """Score a suite: share of probes passed, with each probe's outcome (reply or chosen choice; a
+    constraints probe's pass / fail per constraint). `max_new_tokens` caps every probe's own."""
     outcomes: dict[int, dict[str, Any]] = {}
     choice_probes = [(i, p) for i, p in enumerate(probes) if p.check == "choice"]
     pairs = [(_prompt_ids(tokenizer, p), _choice_ids(tokenizer, p, c)) for _, p in choice_probes for c in p.choices]
@@ -159,11 +189,17 @@ def score_suite(model: Any, tokenizer: Any, probes: list[Probe], batch_size: int
         best = probe.choices[max(range(len(scores)), key=scores.__getitem__)]
         outcomes[i] = {"name": probe.name, "passed": best == probe.answer, "output": best}
     generated = [(i, p) for i, p in enumerate(probes) if p.check != "choice"]
-    for max_new in sorted({p.max_new_tokens for _, p in generated}):
-        group = [(i, p) for i, p in generated if p.max_new_tokens == max_new]
+
+    def budget(probe: Probe) -> int:
+        return min(probe.max_new_tokens, max_new_tokens) if max_new_tokens else probe.max_new_tokens
+
+    for max_new in sorted({budget(p) for _, p in generated}):
+        group = [(i, p) for i, p in generated if budget(p) == max_new]
         replies = generate_from_ids(model, tokenizer, [_prompt_ids(tokenizer, p) for _, p in group], max_new, batch_size)
         for (i, probe), reply in zip(group, replies):
             outcomes[i] = {"name": probe.name, "passed": passes(probe, reply), "output": reply}
+            if probe.check == "constraints":
+                outcomes[i]["constraints"] = check_all(probe.constraints, reply)
     results = [outcomes[i] for i in range(len(probes))]
     return {"score": sum(r["passed"] for r in results) / len(results), "n": len(results), "results": results}
 

@@ -110,6 +110,14 @@ class Manifest:
     summary: dict[str, Any] | None = _doc("the stage's line of the final table: steps, tokens, wall_seconds, "
                                           "tokens_per_second, train_loss, val_loss, metric {name, before, after, why}: the "
                                           "headline measure and why it is the one")
+    suites: dict[str, Any] | None = _doc("instruction-following and safety suite scores (llmpipe/eval/suites.py) of a chat "
+                                         "stage: {before, after}, each {settings, instructions: {prompt_accuracy, "
+                                         "constraint_accuracy, by_kind, ...}, safety: {harmful_compliance_rate, "
+                                         "over_refusal_rate, by_category, ...}, seconds}; before is the starting model "
+                                         "(reused_from: the parent's record when its settings were the same)")
+    verdict: dict[str, Any] | None = _doc("the release verdict's thresholds when the stage finished ({thresholds: the "
+                                          "recipe's verdict section}); `llmpipe verdict` and the report judge by them "
+                                          "unless given others")
     parameters: dict[str, Any] | None = _doc("{trainable, total, trainable_share} of the model as trained (with LoRA: "
                                              "adapter weights against base + adapters)")
     lora: dict[str, Any] | None = _doc("LoRA stages: {base, adapter, target_modules, adapter_sha256, files}; the stage's own "

@@ -14,6 +14,7 @@ model as "before"; tokens are the trainer state's total, which its checkpoint re
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 from llmpipe.core.console import say
 from llmpipe.eval.gate import protect, regression_error, run_gate
 from llmpipe.eval.probes import load_suite, suite_name
+from llmpipe.eval.suites import load_suites, score_model, scores_before
 from llmpipe.models import flops_per_token
 from llmpipe.runs.context import StageContext
 from llmpipe.runs.seals import newest_valid_checkpoint
@@ -66,6 +68,7 @@ class Fitted:
     after: dict[str, Any]
     monitor: Monitor
     model: Any
+    suites: dict[str, Any] | None = None  # the suites' {before, after} scores (chat stages)
 
 
 def unmark_evaluation_preparation(trainer: Any) -> None:
@@ -113,16 +116,39 @@ def fit(ctx: StageContext, trainer: Any, tokenizer: Any, *, measure: Callable[[A
     )
     monitor = attach_monitor(trainer, setup, ctx.recipe, tokenizer, ctx.writer.work_dir)
     monitor.carry(ctx.manifest)
+    suites_cfg = ctx.recipe.suites
+    # The instruction-following and safety suites, before -> after, on every chat stage (llmpipe.eval.suites).
+    suites = load_suites(suites_cfg, ctx.recipe.source) if ctx.spec.answers_chats and suites_cfg.score_stages else {}
     if not ctx.resumed:
         # Saved at once: a run killed after this point resumes with the same "before".
         ctx.manifest.before = {**(measure(trainer.model) if measure else {}),
                                **({"eval_loss": trainer.evaluate()["eval_loss"]} if evaluate_before else {})}
+        if suites:
+            ctx.manifest.before["suites"] = scores_before(trainer.model, tokenizer, suites_cfg, ctx.parent_dir)
         ctx.writer.save_manifest()
     result = _train(ctx, trainer, tokenizer, monitor)
     final_eval = last_eval(trainer, monitor)
     after = measure(trainer.model) if measure else {}
     ctx.manifest.evals = result.history
-    return Fitted(result, final_eval, dict(ctx.manifest.before), after, monitor, trainer.model)
+    before = dict(ctx.manifest.before)
+    scored = None
+    if suites:
+        scored = {"before": before.pop("suites", None), "after": score_model(trainer.model, tokenizer, suites_cfg, suites=suites)}
+        _say_suites(ctx.spec.name, scored)
+    return Fitted(result, final_eval, before, after, monitor, trainer.model, scored)
+
+
+def _say_suites(stage: str, scored: dict[str, Any]) -> None:
+    before, after = scored.get("before") or {}, scored["after"]
+    parts = []
+    for suite, key, label in (("instructions", "prompt_accuracy", "instruction following"),
+                              ("safety", "harmful_compliance_rate", "harmful compliance"),
+                              ("safety", "over_refusal_rate", "over-refusal")):
+        if after.get(suite):
+            was = (before.get(suite) or {}).get(key)
+            parts.append(f"{label} {'-' if was is None else f'{was:.2f}'} -> {after[suite][key]:.2f}")
+    if parts:
+        say(f"{stage:9s} suites: {'; '.join(parts)} ({after['seconds']:.0f} s)")
 
 
 def _train(ctx: StageContext, trainer: Any, tokenizer: Any, monitor: Monitor) -> FitResult:
@@ -212,6 +238,9 @@ def finish(ctx: StageContext, fitted: Fitted, tokenizer: Any, metric: dict[str, 
     model = fitted.model
     manifest.protected = protect(writer.work_dir, heldout, cfg.probes, cfg.max_length)
     manifest.monitor = monitor.manifest()
+    if fitted.suites is not None:
+        manifest.suites = fitted.suites
+    manifest.verdict = {"thresholds": dataclasses.asdict(ctx.recipe.verdict)}
     if monitor.prober is not None:
         manifest.probes = monitor.prober.records
         manifest.samples = monitor.prober.samples
