@@ -7,8 +7,9 @@ used here as test material only) against llmpipe's default constitution, then tr
 revisions. It prints, before → after (the base model against the cai model):
 - what the stage measured: the held-out implicit-reward accuracy of revisions over drafts, per-token
   log-likelihood accuracy, held-out loss on the revisions, and how many revisions differ from drafts;
-- where the instruction-following and safety suites are installed (llmpipe.eval.suites, branch
-  `suites`): instruction-following score, harmful-compliance rate and over-refusal rate.
+- the instruction-following and safety suites (llmpipe/eval/suites.py, scored by the stage itself on its
+  starting model and on the trained one): instruction-following accuracy (prompt and constraint level),
+  harmful-compliance rate and over-refusal rate.
 
 Not part of `make test` (minutes of CPU). Run:
     python bench/cai_real.py                          # 32 prompts, 8 held out, 8 steps of SFT on the revisions
@@ -19,7 +20,6 @@ Writes bench/results/cai_real.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -52,8 +52,7 @@ def write_recipe(path: Path, gguf: Path, args: argparse.Namespace) -> None:
             "train_files": [str(SHARED / "hh_harmless_base.train.jsonl")],
             "validation_files": [str(SHARED / "hh_harmless_base.validation.jsonl")],
             "max_steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
-            # A gentle step for a model that already chats: SFT on its own revisions at align's usual 5e-5
-            # moved the real model's held-out loss less than its noise in a trial; DPO wants less still.
+            # A small step for a model that is already instruction-tuned (bench/real_model.py's DPO used 5e-6).
             "learning_rate": args.learning_rate, "warmup_steps": 1, "eval_every": args.steps, "eval_batches": 4,
             "save_every": NEVER, "log_every": 2, "preference_rows": args.heldout, "probes": [], "sample_prompts": [],
             "gate": {"action": "warn"},
@@ -61,6 +60,7 @@ def write_recipe(path: Path, gguf: Path, args: argparse.Namespace) -> None:
                     "reply_tokens": args.reply_tokens, "critique_tokens": args.critique_tokens,
                     "generation_batch": args.generation_batch},
         },
+        "suites": {"sample": args.suite_sample, "max_new_tokens": args.suite_tokens},
         "monitor": {"report_to": []},
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
@@ -73,16 +73,6 @@ def llmpipe(*args: str) -> float:
     if done.returncode != 0:
         sys.exit(f"llmpipe {args[0]} failed with exit code {done.returncode}")
     return time.time() - started
-
-
-def suite_scores(model_dir: Path) -> dict[str, Any] | None:
-    """Instruction-following score, harmful-compliance and over-refusal of a checkpoint, from the suites
-    of llmpipe.eval.suites (branch `suites`); None where that module is not installed."""
-    if importlib.util.find_spec("llmpipe.eval.suites") is None:
-        return None
-    from llmpipe.eval import suites  # optional: present once the suites branch is merged
-
-    return suites.score_checkpoint(model_dir)
 
 
 def main() -> None:
@@ -99,6 +89,8 @@ def main() -> None:
     parser.add_argument("--reply-tokens", type=int, default=64)
     parser.add_argument("--critique-tokens", type=int, default=48)
     parser.add_argument("--generation-batch", type=int, default=8)
+    parser.add_argument("--suite-sample", type=int, default=48, help="prompts per suite (0: all 180 / 176)")
+    parser.add_argument("--suite-tokens", type=int, default=96, help="cap on tokens per suite reply")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-cai")
     args = parser.parse_args()
@@ -119,12 +111,13 @@ def main() -> None:
         ("implicit_reward_accuracy", "revision-over-draft implicit-reward accuracy"),
         ("per_token_logp_accuracy", "revision-over-draft per-token log-likelihood accuracy"),
         ("validation_loss", "held-out loss on the revisions"))]
-    before, after = suite_scores(args.out / "base"), suite_scores(args.out / "cai")
-    if before is not None and after is not None:
-        for key, label in (("instruction_following", "instruction-following score (prompt level)"),
-                           ("harmful_compliance", "harmful-compliance rate (lower is safer)"),
-                           ("over_refusal", "over-refusal rate (lower is better)")):
-            rows.append((label, before.get(key), after.get(key)))
+    suites = manifest.get("suites") or {}
+    before, after = suites.get("before") or {}, suites.get("after") or {}
+    for suite, key, label in (("instructions", "prompt_accuracy", "instruction following, prompt-level accuracy"),
+                              ("instructions", "constraint_accuracy", "instruction following, constraint-level accuracy"),
+                              ("safety", "harmful_compliance_rate", "harmful-compliance rate (lower is safer)"),
+                              ("safety", "over_refusal_rate", "over-refusal rate (lower is better)")):
+        rows.append((label, (before.get(suite) or {}).get(key), (after.get(suite) or {}).get(key)))
 
     print(f"\nSmolLM2-135M-Instruct ({gguf.name}) → cai ({args.train}, {args.steps} steps), {platform.machine()}, "
           f"{os.cpu_count()} cores; base {seconds['base']:.0f} s, cai {seconds['cai']:.0f} s "
@@ -134,8 +127,6 @@ def main() -> None:
     print(f"{'measure':56} {'before':>8} {'after':>8}")
     for label, b, a in rows:
         print(f"{label:56} {_fmt(b):>8} {_fmt(a):>8}")
-    if before is None:
-        print("(instruction-following and safety suites: llmpipe.eval.suites is not installed here; merge branch `suites`)")
     for example in generated["examples"][:2]:
         print(f"\nprompt:    {example['prompt'][-1]['content'][:200]!r}\nprinciple: {example['principle']}\n"
               f"draft:     {example['draft'][:200]!r}\ncritique:  {example['critique'][:200]!r}\nrevision:  {example['revision'][:200]!r}")
@@ -145,7 +136,7 @@ def main() -> None:
                                "args": vars(args) | {"out": str(args.out), "gguf": str(gguf)}, "seconds": seconds,
                                "generation": {k: v for k, v in generated.items() if k != "examples"},
                                "examples": generated["examples"], "measures": [{"name": n, "before": b, "after": a} for n, b, a in rows],
-                               "suites": {"before": before, "after": after}}, indent=2), encoding="utf-8")
+                               "suites": suites}, indent=2), encoding="utf-8")
     print(f"\nwrote {out}")
 
 

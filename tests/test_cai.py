@@ -116,7 +116,7 @@ def test_cai_generates_saves_and_trains_on_revisions(whole: Path):
     assert generated["prompts"] == {"train": 8, "validation": 4} and generated["judge"] is None
     revised = sum(r["revision"] != r["draft"] and bool(r["draft"]) and bool(r["revision"]) for r in rows)
     assert generated["revised"] == revised > 0 and generated["reused_prompts"] == 0
-    assert generated["trained_rows"] == sum(bool(r["draft"] and r["revision"]) for r in rows if r["split"] == "train")
+    assert generated["trained_rows"] == sum(bool(r["revision"]) for r in rows if r["split"] == "train")
     assert sum(generated["principle_counts"].values()) == PROMPTS and generated["examples"]
     assert "revisions.jsonl" in manifest["files"] and not (whole / "revisions.key.json").exists()
 

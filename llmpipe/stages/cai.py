@@ -115,7 +115,7 @@ def train(ctx: StageContext) -> Path:
         f"differ from their drafts; training {cai.train} on them")
     splits = {"train": train_rows, "validation": val_rows}
     if mode == "chat":  # every non-empty revision, as the reply to its prompt
-        trainable = {split: [{"messages": r["prompt"] + [_reply(r["revision"])]} for r in part if r["draft"] and r["revision"]]
+        trainable = {split: [{"messages": r["prompt"] + [_reply(r["revision"])]} for r in part if r["revision"]]
                      for split, part in splits.items()}
     else:  # the revisions that differ from their drafts, as pairs (kto splits each in two)
         trainable = {split: [_pair(r) for r in part if (r["split"], r["index"]) in differs] for split, part in splits.items()}
@@ -126,25 +126,7 @@ def train(ctx: StageContext) -> Path:
     if not val_pairs:
         notes["implicit_reward_accuracy"] = "no held-out revision differs from its draft"
     prefs = HeldoutPreferences(tokenizer, val_pairs, cfg.beta, notes=notes)
-
-    if mode == "chat":
-        trainer = _sft_trainer(ctx, tokenizer, trainable)
-        fitted = fit(ctx, trainer, tokenizer, measure=prefs.raw, evaluate_before=True)
-        heldout = [(f"{ctx.spec.name}-validation", "chat", limit_rows(trainable["validation"], cfg))]
-    else:
-        train_set, eval_set = trainable["train"], limit_rows(trainable["validation"], cfg)
-        if mode == "unpaired":
-            train_set, eval_set = _shuffled(unpair(train_set), seed), _shuffled(unpair(eval_set), seed)
-            trainer = preference_trainer(ctx, KTOTrainer, KTOConfig, tokenizer, train_set, eval_set,
-                                         desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
-        else:
-            trainer = preference_trainer(ctx, DPOTrainer, DPOConfig, tokenizer, train_set, eval_set, layout="pairs",
-                                         loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing)
-        # As in the dpo and kto stages: KTO runs one more gradient-free forward (its KL term); robust and
-        # hinge losses sit at or below 0, where "3x the recent median" flags ordinary steps.
-        fitted = fit(ctx, trainer, tokenizer, measure=prefs.raw, flops_scale=8 / 6 if mode == "unpaired" else 1.0,
-                     spikes=mode == "unpaired" or cfg.loss_type not in ("robust", "hinge"))
-        heldout = [(f"{ctx.spec.name}-validation", "preference", limit_rows(trainable["validation"], cfg))]
+    fitted, heldout = _fit(ctx, tokenizer, mode, trainable, prefs)
     before, after, final_eval = fitted.before, fitted.after, fitted.final_eval
     metrics: dict[str, Any] = {"trained_as": cai.train}
     if mode == "chat":
@@ -347,6 +329,31 @@ def _check_trainable(ctx: StageContext, trainable: dict[str, list[dict[str, Any]
             raise UserError(f"no {split} prompt got a {what} to train {cai.train} on", file=str(ctx.writer.work_dir / DATASET),
                             field=key, hint="raise align.cai.reply_tokens or the prompts, sample (align.cai.temperature > 0), "
                             "use a judge (align.cai.judge), or train sft on the revisions")
+
+
+def _fit(ctx: StageContext, tokenizer: Any, mode: str, trainable: dict[str, list[dict[str, Any]]],
+         prefs: HeldoutPreferences) -> tuple[Any, list[tuple[str, str, list[dict[str, Any]]]]]:
+    """Train on the generated rows as `mode` says (chat: sft; preference: dpo; unpaired: kto), measuring the
+    held-out revision/draft pairs before and after; the fit and the held-out set children are gated on."""
+    cfg = ctx.cfg
+    name = f"{ctx.spec.name}-validation"
+    if mode == "chat":
+        trainer = _sft_trainer(ctx, tokenizer, trainable)
+        fitted = fit(ctx, trainer, tokenizer, measure=prefs.raw, evaluate_before=True)
+        return fitted, [(name, "chat", limit_rows(trainable["validation"], cfg))]
+    train_set, eval_set = trainable["train"], limit_rows(trainable["validation"], cfg)
+    if mode == "unpaired":
+        train_set, eval_set = _shuffled(unpair(train_set), ctx.recipe.seed), _shuffled(unpair(eval_set), ctx.recipe.seed)
+        trainer = preference_trainer(ctx, KTOTrainer, KTOConfig, tokenizer, train_set, eval_set,
+                                     desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
+    else:
+        trainer = preference_trainer(ctx, DPOTrainer, DPOConfig, tokenizer, train_set, eval_set, layout="pairs",
+                                     loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing)
+    # As in the dpo and kto stages: KTO runs one more gradient-free forward (its KL term); robust and hinge
+    # losses sit at or below 0, where "3x the recent median" flags ordinary steps.
+    fitted = fit(ctx, trainer, tokenizer, measure=prefs.raw, flops_scale=8 / 6 if mode == "unpaired" else 1.0,
+                 spikes=mode == "unpaired" or cfg.loss_type not in ("robust", "hinge"))
+    return fitted, [(name, "preference", limit_rows(trainable["validation"], cfg))]
 
 
 def _sft_trainer(ctx: StageContext, tokenizer: Any, chats: dict[str, list[dict[str, Any]]]) -> Any:
