@@ -201,7 +201,8 @@ def align(args: RecipeArg = None, method: MethodOpt = None, rl: RLOpt = None, re
           trust_remote_code: TrustOpt = False, debug: DebugOpt = False) -> None:
     """Align the SFT model: DPO (pairs) or KTO (unpaired good / bad replies) against the frozen SFT model,
     or online RL (rlhf: reward model, then RLOO or GRPO against it; grpo / rloo: rule rewards such as exact
-    match), with a KL penalty to the SFT model."""
+    match), with a KL penalty to the SFT model; or Constitutional AI (cai: the model critiques and revises
+    its own replies against a constitution, then trains on the revisions)."""
     chosen = [f"align.{key}={value}" for key, value in (("rl", rl), ("reward_model", reward_model)) if value is not None]
     _stage_command("align", [*(args or []), *chosen], out, parent, restart, device, debug, method=method, trust=trust_remote_code)
 

@@ -31,6 +31,7 @@ class StageSpec:
     method: bool = False  # selected by `align.method` (the align section holds several)
     online: bool = False  # samples replies and learns from rewards (RL)
     trains_first: tuple[str, ...] = ()  # stages its method trains before it (rlhf: its reward model)
+    generates: bool = False  # writes its own training data first (cai: drafts, critiques, revisions), then trains offline
     gated: bool = True  # checked against its parent by the regression gate (a reward model has no likelihood)
     builds_model: bool = False  # builds its model from the recipe's `model` section (so `model` is in its identity)
     language_model: bool = True  # leaves a causal LM (the tokenizer stage leaves only a tokenizer)
@@ -73,6 +74,8 @@ STAGES: dict[str, StageSpec] = {
                   online=True, module_name="rl"),
         StageSpec("rloo", "align", _POLICY_PARENTS, "prompt", "RLOO on rule rewards (verifiable answers)", method=True,
                   online=True, module_name="rl"),
+        StageSpec("cai", "align", ("sft", "dpo", "kto", "base"), "prompt", "Constitutional AI: the model drafts, critiques "
+                  "and revises its replies against a constitution, then trains on the revisions", method=True, generates=True),
     )
 }
 # Report and summary order: the registry's.
@@ -88,6 +91,9 @@ TOKENIZER = "tokenizer"
 BASE = "base"
 # The stage that trains a reward model (what `align.reward_model` must name, and what rlhf trains first).
 REWARD_MODEL = "reward"
+# How method cai trains on the data it generated, each like the stage of that name: supervised on the
+# revisions (sft, the default: the first), or revision-chosen / draft-rejected pairs (dpo) or unpaired rows (kto).
+CAI_TRAINING = ("sft", "dpo", "kto")
 
 
 def stage_spec(name: str) -> StageSpec:

@@ -241,6 +241,33 @@ def _probes_section(manifest: Manifest) -> list[Block]:
     return [("h3", "Probes"), ("table", ["suite", "before (step 0)", "last", "change", "at step", "n"], rows)]
 
 
+def _generation_section(manifest: Manifest) -> list[Block]:
+    """The data a stage generated before training (cai): what from, how much changed, a few examples."""
+    generated = manifest.generation
+    if not isinstance(generated, dict):
+        return []
+    prompts = _as_dict(generated.get("prompts"))
+    constitution = _as_dict(generated.get("constitution"))
+    judge = _as_dict(generated.get("judge"))
+    line = (f"{fmt(prompts.get('train'))} training and {fmt(prompts.get('validation'))} held-out prompts drafted, critiqued "
+            f"and revised in {fmt(generated.get('file'))}; revisions that differ from their drafts: {fmt(generated.get('revised'))} "
+            f"({_percent(generated.get('revised_share'))}); empty: {fmt(generated.get('empty'))}; trained on "
+            f"{fmt(generated.get('trained_rows'))} rows; constitution {fmt(constitution.get('name'))} "
+            f"({len(_as_list(constitution.get('principles')))} principles, sha256 {str(constitution.get('sha256') or '-')[:SHORT_SHA]}); "
+            f"critic: {fmt(judge.get('path')) if judge else 'the policy'}; reused from an interrupted run: "
+            f"{fmt(generated.get('reused_prompts'))}")
+    rows = []
+    for example in map(_as_dict, _as_list(generated.get("examples"))[:MAX_SAMPLES]):
+        prompt = _as_list(example.get("prompt"))
+        asked = _as_dict(prompt[-1]).get("content") if prompt else example.get("prompt")
+        rows.append([fmt(asked), fmt(example.get("principle")), fmt(example.get("draft")), fmt(example.get("critique")),
+                     fmt(example.get("revision"))])
+    blocks: list[Block] = [("h3", "Generated data"), ("p", line)]
+    if rows:
+        blocks.append(("table", ["prompt", "principle", "draft", "critique", "revision"], rows))
+    return blocks
+
+
 def _samples_section(manifest: Manifest) -> list[Block]:
     during = [s for s in map(_as_dict, manifest.samples) if s]
     if during:
@@ -306,7 +333,7 @@ def _stage_blocks(run_dir: Path, name: str, manifest: Manifest, out_dir: Path,
     if manifest.budget:
         budget = manifest.budget
         blocks.append(("p", f"budget: {budget.get('kind')} {fmt(budget.get('value'))}: {budget.get('why', '')}"))
-    for section in (_data_section, _metrics_section, _suites_section, _gate_section, _monitor_section,
+    for section in (_data_section, _generation_section, _metrics_section, _suites_section, _gate_section, _monitor_section,
                     _throughput_section, _probes_section, _samples_section):
         blocks += section(manifest)
     if plots:

@@ -85,7 +85,7 @@ def test_keys_command_lists_every_key_with_its_default_limits_and_help():
     assert len(lines) == len(all_keys()) and [line.split(" = ")[0] for line in lines] == all_keys()
     assert "sft.learning_rate = 0.0005  (0 < x < 1)  Peak learning rate" in result.stdout
     assert "pretrain.max_steps = 300  (x >= 1)  Optimiser steps" in result.stdout
-    assert "align.method = dpo  (one of dpo, kto, rlhf, grpo, rloo)  " in result.stdout
+    assert "align.method = dpo  (one of dpo, kto, rlhf, grpo, rloo, cai)  " in result.stdout
     assert "monitor.report_to = [tensorboard]  (each one of tensorboard, wandb)  " in result.stdout
     assert "sft.packing = true  Pack several" in result.stdout  # no limits: default, then help
     assert 'align.reward_model = ""  ' in result.stdout

@@ -94,6 +94,12 @@ EXCLUDED = {
     "llmpipe scale pretrain.train_files=../shared/data/tinyshakespeare.train.jsonl "
     "pretrain.validation_files=../shared/data/tinyshakespeare.validation.jsonl --out runs/shakespeare":
         "a 15-minute sweep by design; bench/scaling.py runs it on tinyshakespeare",
+    "llmpipe align recipes/tiny.yaml --method cai align.cai.train=dpo --out runs/cai-dpo --from runs/tiny/sft":
+        "the micro model's greedy replies are the same few tokens whatever it is asked, so no revision differs from its "
+        "draft and DPO has no pair (exit 2, as it should); tests/test_cai.py trains cai with align.cai.train=dpo on "
+        "sampled replies",
+    "llmpipe align recipes/tiny.yaml --method cai align.cai.constitution=my-principles.md align.cai.judge=runs/smol/base":
+        "names the user's own constitution; tests/test_cai.py runs cai with a Markdown constitution and a judge stage folder",
 }
 # Commands whose documented exit code is not 0, and why.
 MICRO_REFUSES = ("a verdict with a no exits 3; the micro model's replies hold no words, which the safety rubric reads as "
@@ -300,6 +306,8 @@ def test_readme_commands_run_on_the_micro_recipe(micro_run: Path, tmp_path: Path
     # make demo and `llmpipe run` found the micro run complete: nothing was retrained.
     assert {stage: _manifest(runs / "tiny" / stage)["created"] for stage in demo} == demo
     assert _manifest(runs / "tiny" / "kto")["status"] == "complete"
+    # Constitutional AI with the defaults (greedy): its dataset beside the model.
+    assert _manifest(runs / "tiny" / "cai")["generation"]["prompts"]["train"] > 0 and (runs / "tiny" / "cai" / "revisions.jsonl").is_file()
     assert (repo / "hf" / "tiny-dpo" / "model.safetensors").is_file() and not (repo / "hf" / "tiny-dpo" / "manifest.json").exists()
     assert (runs / "tiny" / "report" / "report.md").is_file() and (runs / "tiny" / "report" / "report.html").is_file()
     assert json.loads((runs / "tiny" / "dpo" / "eval.json").read_text())["against"] == str((runs / "tiny" / "sft").resolve())

@@ -114,7 +114,10 @@ def check_preference(recipe: Recipe) -> None:
     _need(recipe, al.loss_type not in NEEDS_LABEL_SMOOTHING or al.label_smoothing > 0, "align.label_smoothing",
           f"loss_type {al.loss_type} needs label_smoothing > 0 (e.g. 0.1: the assumed share of flipped labels)")
     # KTO (the method on unpaired rows) estimates its KL term from the other rows of the batch.
-    _need(recipe, stage_spec(al.method).data != "unpaired" or al.batch_size >= 2, "align.batch_size",
+    # (Method cai trains on unpaired rows when align.cai.train names the stage that does.)
+    spec = stage_spec(al.method)
+    unpaired = spec.data == "unpaired" or (spec.generates and stage_spec(al.cai.train).data == "unpaired")
+    _need(recipe, not unpaired or al.batch_size >= 2, "align.batch_size",
           "KTO needs >= 2 rows per batch: its KL estimate pairs each prompt with another row's completion")
     for section in (s for s in STAGE_SECTIONS if hasattr(getattr(recipe, s), "lora")):
         lora: LoRAConfig = getattr(recipe, section).lora

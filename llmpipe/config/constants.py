@@ -6,11 +6,11 @@ them (the stages, llmpipe/eval/rewards.py) can check that they cover exactly the
 
 from __future__ import annotations
 
-from llmpipe.registry import ALIGN_METHODS, DEFAULT_METHOD, RL_ALGORITHMS, RL_METHODS
+from llmpipe.registry import ALIGN_METHODS, CAI_TRAINING, DEFAULT_METHOD, RL_ALGORITHMS, RL_METHODS
 from llmpipe.registry import RUN_ORDER as STAGES
 
 # The stage and method names come from the stage registry (llmpipe/registry.py); re-exported here for the schema.
-__all__ = ["ALIGN_METHODS", "DEFAULT_METHOD", "RL_ALGORITHMS", "RL_METHODS", "STAGES"]
+__all__ = ["ALIGN_METHODS", "CAI_TRAINING", "DEFAULT_METHOD", "RL_ALGORITHMS", "RL_METHODS", "STAGES"]
 # TRL 1.16 DPOTrainer loss types, each checked to train on pairs alone; robust and exo_pair also need
 # align.label_smoothing > 0 (TRL refuses exo_pair without it; robust without it is plain sigmoid).
 DPO_LOSS_TYPES = (

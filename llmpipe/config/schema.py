@@ -18,6 +18,7 @@ from llmpipe.config.constants import (
     ALIGN_METHODS,
     ANOMALY_POLICIES,
     BAD_ROW_POLICIES,
+    CAI_TRAINING,
     DATA,
     DEFAULT_METHOD,
     DEVICES,
@@ -248,6 +249,37 @@ class SFTConfig(TrainConfig):
 
 @documented
 @dataclass
+class CAIConfig:
+    """Constitutional AI (align method cai, llmpipe/stages/cai.py): for each prompt the policy drafts a reply,
+    then the policy (or the judge) critiques it against one principle of the constitution, drawn by seed,
+    and revises it; the stage saves the rows as revisions.jsonl and trains on them (align.cai.train) with
+    the align section's optimisation settings."""
+
+    constitution: str = setting(f"{DATA}/constitution.yaml", "Principles, each a critique request and a revision request: "
+                                "YAML or Markdown (llmpipe/data/constitution.py); the default is written for llmpipe.",
+                                path=True)
+    judge: str = setting("", "A model that critiques and revises the policy's drafts: a finished llmpipe stage folder or a "
+                         "Hugging Face model folder with a chat template; empty: the policy (the parent) itself.", path=True)
+    # sft by default: it is the supervised stage of the method as published (Bai et al. 2022, SL-CAI), it
+    # learns from every revision, and it does not rest on a revision being better than its draft, which a
+    # small model's often is not; dpo and kto learn from the revised pairs only.
+    train: str = setting(CAI_TRAINING[0], "How the stage trains on what it generated: sft (supervised on the revisions, loss on the "
+                         "reply), dpo (revision chosen, draft rejected) or kto (revisions desirable, drafts undesirable); "
+                         "dpo and kto use the align section's beta, loss_type and weights.", choices=CAI_TRAINING)
+    prompts: int = setting(256, "Training prompts at most: a seeded sample of align.train_files' prompts (prompt rows, "
+                           "preference rows' prompts, or chat rows without their last reply).", ge=1)
+    heldout_prompts: int = setting(32, "Held-out prompts (align.validation_files) that go through the same draft, "
+                                   "critique and revision: the validation set, and the pairs the headline is measured on.",
+                                   ge=1)
+    reply_tokens: int = setting(64, "Tokens generated at most per draft and per revision.", ge=1)
+    critique_tokens: int = setting(64, "Tokens generated at most per critique.", ge=1)
+    temperature: float = setting(0.0, "0: greedy drafts, critiques and revisions; above 0: sampled at this temperature, "
+                                 "seeded per batch.", ge=0, why="0: greedy")
+    generation_batch: int = setting(16, "Prompts generated together per batch (left-padded).", ge=1)
+
+
+@documented
+@dataclass
 class AlignConfig(TrainConfig):
     """Preference tuning of the SFT model (DPO, KTO; frozen SFT model as reference), or online RL.
 
@@ -256,7 +288,8 @@ class AlignConfig(TrainConfig):
     """
 
     method: str = setting(DEFAULT_METHOD, "dpo or kto on preference data; rlhf, grpo or rloo train online (generate, "
-                          "score, update).", choices=ALIGN_METHODS)
+                          "score, update); cai generates critiques and revisions of its own replies, then trains on "
+                          "them (align.cai).", choices=ALIGN_METHODS)
     train_files: list[str] = setting([f"{DATA}/prefs.train.jsonl"])
     validation_files: list[str] = setting([f"{DATA}/prefs.validation.jsonl"])
     max_steps: int = 60
@@ -297,6 +330,7 @@ class AlignConfig(TrainConfig):
                             "held-out prompts; reported, not enforced.", gt=0)
     heldout_prompts: int = setting(64, "Held-out prompts measured before and after (reward, KL, exact-match "
                                    "accuracy).", ge=1)
+    cai: CAIConfig = field(default_factory=CAIConfig)
 
 
 @documented

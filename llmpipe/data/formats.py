@@ -147,6 +147,9 @@ def to_prompt(row: SourceRow) -> dict[str, Any]:
         prompt = messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
         if not prompt:
             raise _err(row, "messages", "has no turn before the assistant's reply to use as a prompt")
+    if not any(m["role"] == "user" for m in prompt):
+        raise _err(row, "prompt", "has no user turn: there is nothing to reply to",
+                   hint='prompt rows look like {"prompt": [{"role": "user", "content": "..."}]} or {"prompt": "..."}')
     if prompt[-1]["role"] != "user":
         raise _err(row, "prompt", "must end with a user turn")
     answer = data.get("answer")

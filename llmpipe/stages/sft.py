@@ -23,17 +23,19 @@ from llmpipe.train.lora import load_model, peft_config
 from llmpipe.train.replay import mix_in_replay
 
 
-def sft_arguments(recipe: Recipe, writer: StageWriter, marked: bool = True) -> Any:
+def sft_arguments(recipe: Recipe, writer: StageWriter, marked: bool = True, cfg: Any = None) -> Any:
     """TRL SFTConfig for the recipe: assistant-only loss and bfd packing of whole conversations.
 
     `marked`: the chat template has `{% generation %}` markers, so TRL masks the conversations itself;
     otherwise the rows come tokenized with their masks (`chat_dataset`) and TRL's own assistant-only
-    loss, which needs the markers, stays off."""
-    cfg = recipe.sft
+    loss, which needs the markers, stays off. `cfg`: the section whose optimisation settings train
+    (default `recipe.sft`; align method cai trains this way on its revisions), packed unless it says
+    otherwise."""
+    cfg = recipe.sft if cfg is None else cfg
     return training_arguments(
         SFTConfig, cfg, recipe, writer,
         assistant_only_loss=marked,
-        packing=cfg.packing,
+        packing=getattr(cfg, "packing", True),
         # Whole conversations per row; llmpipe.train.packing gives them dense blocks with
         # per-document attention (see there for why neither of TRL's own layouts fits CPU).
         packing_strategy="bfd",
