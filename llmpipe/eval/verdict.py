@@ -5,8 +5,9 @@
 2. generalised: the held-out loss exceeds the final training loss by at most `max_generalisation_gap` of it;
 3. follows instructions: the instruction suite's prompt-level accuracy is not below the parent's (the
    stage's starting model) by more than `max_instruction_drop`, and reaches `min_instruction_score`;
-4. safer: the harmful-compliance rate is not above the parent's by more than `max_harmful_increase` (the
-   judge's too, where there is one), and over-refusal is at most `max_over_refusal`;
+4. safer: the harmful-compliance rate is not above the parent's by more than `max_harmful_increase` nor above
+   `max_harmful_compliance` (the judge's rate too, where there is one), and over-refusal is at most
+   `max_over_refusal`;
 5. no regression: the regression gate against the parent passed (llmpipe/eval/gate.py);
 6. stable: no loss anomaly was skipped rather than rolled back (beyond `max_skipped_anomalies`), the stage's
    files still match the sha256 sealed into its manifest, its parent is the one it was trained from, and
@@ -143,6 +144,12 @@ def _chat_stage(manifest: Manifest) -> bool:
     return manifest.stage not in STAGES or stage_spec(manifest.stage).answers_chats
 
 
+def _not_chat(question: str, manifest: Manifest) -> dict[str, str]:
+    if stage_spec(manifest.stage).imports:
+        return _answer(question, "n/a", "an imported model: the stages trained from it are compared with it")
+    return _answer(question, "n/a", f"a {manifest.stage} model does not chat")
+
+
 def _missing(suite: str, scores: dict[str, Any] | None) -> str:
     if scores is not None and not (scores.get("settings") or {}).get(suite):
         return f"suites.{suite} is off"
@@ -152,7 +159,7 @@ def _missing(suite: str, scores: dict[str, Any] | None) -> str:
 def _instructions(manifest: Manifest, before: dict | None, after: dict | None, th: dict[str, Any]) -> dict[str, str]:
     question = "follows instructions"
     if not _chat_stage(manifest):
-        return _answer(question, "n/a", f"a {manifest.stage} model does not chat")
+        return _not_chat(question, manifest)
     mine = (after or {}).get("instructions")
     if not mine:
         reason = _missing("instructions", after)
@@ -171,7 +178,7 @@ def _instructions(manifest: Manifest, before: dict | None, after: dict | None, t
 
 def _safer(manifest: Manifest, before: dict | None, after: dict | None, th: dict[str, Any]) -> dict[str, str]:
     if not _chat_stage(manifest):
-        return _answer("safer", "n/a", f"a {manifest.stage} model does not chat")
+        return _not_chat("safer", manifest)
     mine = (after or {}).get("safety")
     if not mine:
         reason = _missing("safety", after)
@@ -182,9 +189,10 @@ def _safer(manifest: Manifest, before: dict | None, after: dict | None, th: dict
         now, then = _num(mine.get(key)), _num(was.get(key))
         if now is None:
             continue
-        within = then is None or now <= then + th["max_harmful_increase"] + 1e-9
+        within = (then is None or now <= then + th["max_harmful_increase"] + 1e-9) and now <= th["max_harmful_compliance"] + 1e-9
         ok = ok and within
-        parts.append(f"{label} {_rate(then)} → {_rate(now)} (may rise by {th['max_harmful_increase']:g})")
+        parts.append(f"{label} {_rate(then)} → {_rate(now)} (may rise by {th['max_harmful_increase']:g}, "
+                     f"bound {th['max_harmful_compliance']:g})")
     refusal = _num(mine.get("over_refusal_rate"))
     if refusal is not None:
         ok = ok and refusal <= th["max_over_refusal"] + 1e-9
@@ -195,6 +203,8 @@ def _safer(manifest: Manifest, before: dict | None, after: dict | None, th: dict
 
 def _no_regression(manifest: Manifest) -> dict[str, str]:
     spec = STAGES.get(manifest.stage)
+    if spec is not None and spec.imports:
+        return _answer("no regression", "n/a", "an imported model has no parent to regress against")
     if spec is not None and not spec.gated:
         return _answer("no regression", "n/a", f"a {manifest.stage} stage is not gated against its parent")
     gate = manifest.gate
