@@ -4,7 +4,9 @@ exported with `llmpipe export --format gguf` in f16 and q8_0, then run by llama.
 Per file: size and export time; the export's own read-back check (transformers, max logit difference as
 a fraction of the largest logit); llama.cpp's logits against the source's on chat prompts; whether
 llama.cpp tokenizes the prompts as the source tokenizer does; how many of llama.cpp's greedy tokens equal
-transformers' greedy tokens; llama.cpp's generation speed. For SmolLM2, llama.cpp also answers a few
+transformers' greedy tokens; llama.cpp's generation speed. For SmolLM2, the GGUF it was imported from (written
+by llama.cpp's own tools, Q4_1) is run the same way, as the baseline of llama.cpp's quantized kernels; and
+llama.cpp also answers a few
 questions through its chat API (which renders the GGUF's own chat template): the replies are printed and
 recorded beside transformers' greedy replies from the source, so "sensible" can be judged by reading.
 
@@ -91,25 +93,30 @@ def sources(work: Path, smollm: Path | None) -> dict[str, Path]:
 
 def measure(name: str, source: Path, quant: str, work: Path, questions: list[str]) -> dict[str, Any]:
     """Export `source` in `quant` and compare llama.cpp's run of the file with the source in transformers."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from llmpipe.export_gguf import export_gguf
 
     started = time.time()
     result = export_gguf(source, work / "out" / f"{source.parent.name}-{source.name}-{quant}", quant)
     seconds = time.time() - started
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source).eval()
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in PROMPTS]
-    done = subprocess.run([sys.executable, "-c", LLAMA_CPP, result["file"], json.dumps(texts), json.dumps(questions),
-                           str(NEW_TOKENS), str(min(result["context"], 2048))], capture_output=True, text=True)
     row: dict[str, Any] = {"model": name, "quant": quant, "mb": round(result["bytes"] / 1e6, 2), "export_s": round(seconds, 1),
                            "tensor_types": result["tensor_types"], "pre_tokenizer": result["pre_tokenizer"],
                            "readback_rel_diff": round(result["relative_logit_diff"], 5), "tolerance": result["tolerance"],
                            "modelfile": result["modelfile"]}
+    return run_llama_cpp(row, source, Path(result["file"]), min(result["context"], 2048), questions)
+
+
+def run_llama_cpp(row: dict[str, Any], source: Path, path: Path, context: int, questions: list[str]) -> dict[str, Any]:
+    """`row` plus llama.cpp's run of the GGUF `path` compared with the checkpoint `source` in transformers."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in PROMPTS]
+    done = subprocess.run([sys.executable, "-c", LLAMA_CPP, str(path), json.dumps(texts), json.dumps(questions),
+                           str(NEW_TOKENS), str(context)], capture_output=True, text=True)
     if done.returncode != 0:
         return {**row, "llama_cpp_error": done.stderr[-500:] or f"exit code {done.returncode}"}
     ran = json.loads(done.stdout)
@@ -151,6 +158,12 @@ def main() -> None:
         for name, source in sources(work, smollm).items():
             for quant in ("f16", "q8_0"):
                 rows.append(measure(name, source, quant, work, PROMPTS if name.startswith("SmolLM2") else []))
+                print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+            if name.startswith("SmolLM2") and smollm is not None:
+                # The baseline: llama.cpp running the file llama.cpp's own tools wrote (Q4_1), against the
+                # same transformers model (its dequantized weights are that base's weights).
+                rows.append(run_llama_cpp({"model": f"{name}: the source file {smollm.name}", "quant": "q4_1 (llama.cpp's)"},
+                                          source, smollm, 2048, PROMPTS))
                 print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
     from importlib.metadata import version
 
