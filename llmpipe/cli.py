@@ -528,13 +528,30 @@ def export_checkpoint(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new or empty).", show_default=False)],
     merge: Annotated[bool, typer.Option("--merge", help="Merge a LoRA adapter (CHECKPOINT, or its adapter/) into its base.")] = False,
     base: Annotated[Path | None, typer.Option("--base", help="With --merge: the adapter's base model (default: the one it names).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="hf: a Hugging Face folder; gguf: a GGUF file and an Ollama Modelfile.")] = "hf",
+    quant: Annotated[str | None, typer.Option("--quant", help="With --format gguf: f16 (default) or q8_0.", show_default=False)] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Write a plain Hugging Face model folder (safetensors, config, tokenizer, chat template; no llmpipe
-    files), checked to give the same logits as its source."""
+    files), or with --format gguf a GGUF file and an Ollama Modelfile; either is checked to give the
+    same logits as its source."""
 
     def action() -> None:
+        from llmpipe.export_gguf import check_request
+
+        quant_type = check_request(fmt, quant)
         quiet_libraries()
+        if quant_type is not None:
+            from llmpipe.export_gguf import export_gguf
+
+            result = export_gguf(checkpoint, out, quant_type, merge, base)
+            typer.echo(f"{result['file']}: {result['architecture']} GGUF, {result['quant']}, {result['bytes'] / 1e6:.1f} MB "
+                       f"({', '.join(f'{n} {t}' for t, n in sorted(result['tensor_types'].items()))} tensors), "
+                       f"pre-tokenizer {result['pre_tokenizer']}; read back through transformers: max logit difference "
+                       f"{result['max_logit_diff']:.2g} ({result['relative_logit_diff']:.2g} of the largest logit, "
+                       f"tolerance {result['tolerance']}), same token ids and chat rendering")
+            typer.echo(f"{result['out']}/Modelfile: {result['modelfile']}")
+            return
         from llmpipe.export import export
 
         result = export(checkpoint, out, merge, base)

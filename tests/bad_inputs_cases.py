@@ -179,6 +179,15 @@ def _gguf_of(architecture: str) -> Callable[[Ctx], None]:
     return setup
 
 
+def _phi3_base(ctx: Ctx) -> None:
+    """A Phi-3 model imported as {tmp}/phi/base (a family GGUF export does not map)."""
+    from conftest import invoke
+    from hf_models import make_model_folder
+
+    folder = make_model_folder(ctx.tmp / "phi3", "phi3", "phi3")
+    assert invoke("base", "--from", str(folder), "--out", str(ctx.tmp / "phi")).exit_code == 0
+
+
 def _reward_stage_parent(ctx: Ctx) -> None:
     parent = copy_stage(ctx, "sft", "parent")
     _edit_manifest(parent, stage="reward")
@@ -473,6 +482,20 @@ CASES: list[Case] = [
          ("pretrain", MICRO, "--out", "{run}"),
          "{run}/.pretrain.partial/checkpoints/checkpoint-4: was saved sharded by FSDP, so only an FSDP launch can resume it",
          _sharded_checkpoint, run=True),
+    # --- export ----------------------------------------------------------------------------------
+    Case("export_format_unknown", "export --format that does not exist", ("export", "{tmp}/nowhere", "--format", "onnx",
+         "--out", "{tmp}/o"), "\"--format\" unknown export format 'onnx' — use one of: hf, gguf"),
+    Case("export_gguf_quant_unknown", "export --format gguf with a quant type that does not exist",
+         ("export", "{tmp}/nowhere", "--format", "gguf", "--quant", "q4_k_m", "--out", "{tmp}/o"),
+         "\"--quant\" unknown GGUF quant type 'q4_k_m' — use one of: f16, q8_0"),
+    Case("export_hf_quant", "export --quant without --format gguf", ("export", "{tmp}/nowhere", "--quant", "q8_0", "--out", "{tmp}/o"),
+         '"--quant" --quant applies to --format gguf only'),
+    Case("export_gguf_out_exists", "export --format gguf into a folder that is not empty",
+         ("export", "{tmp}/nowhere", "--format", "gguf", "--out", "{tmp}/o"), "{tmp}/o: output folder exists and is not empty",
+         write("o/model.gguf", "x")),
+    Case("export_gguf_architecture", "export --format gguf of a model family the GGUF export does not map (Phi-3)",
+         ("export", "{tmp}/phi/base", "--format", "gguf", "--out", "{tmp}/o"),
+         "\"model_type\" GGUF export maps gpt2, llama, qwen3 models; this one is 'phi3'", _phi3_base),
     # --- the machine ----------------------------------------------------------------------------
     Case("disk_full_manifest", "disk full while writing a stage manifest", ("sft", MICRO, "learning_rate=1e-4", *INTO_RUN),
          "{run}/.sft.partial/manifest.json: No space left on device", _disk_full_on_manifest, run=True),

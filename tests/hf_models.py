@@ -109,14 +109,14 @@ def make_tokenizer(template: str, vocab_size: int = 400) -> Any:
 
 
 def model_config(family: str, tokenizer: Any, **overrides: Any) -> Any:
-    """A tiny transformers config of `family` (llama, qwen3, gpt2) sized to the tokenizer."""
-    from transformers import GPT2Config, LlamaConfig, Qwen3Config
+    """A tiny transformers config of `family` (llama, qwen3, phi3, gpt2) sized to the tokenizer."""
+    from transformers import GPT2Config, LlamaConfig, Phi3Config, Qwen3Config
 
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
     if family == "gpt2":
         return GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2, **ids, **overrides)
-    kind = {"llama": LlamaConfig, "qwen3": Qwen3Config}[family]
+    kind = {"llama": LlamaConfig, "qwen3": Qwen3Config, "phi3": Phi3Config}[family]
     shape = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
              "tie_word_embeddings": True}

@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("llmpipe.train",)),
     ("stages", ("llmpipe.stages",)),
     ("pipeline", ("llmpipe.pipeline", "llmpipe.scale")),
-    ("faces", ("llmpipe.cli", "llmpipe.report", "llmpipe.report_plots", "llmpipe.summary", "llmpipe.chat", "llmpipe.export")),
+    ("faces", ("llmpipe.cli", "llmpipe.report", "llmpipe.report_plots", "llmpipe.summary", "llmpipe.chat", "llmpipe.export",
+               "llmpipe.export_gguf", "llmpipe.modelfile")),
 ]
 LAZY_ALLOWED = ("llmpipe.cli",)
 # Strings that equal a stage name but mean something else.

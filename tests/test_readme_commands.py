@@ -109,6 +109,16 @@ EXIT_CODES = {
     "llmpipe verdict runs/tiny --stage sft": (3, MICRO_REFUSES + "; and micro SFT's answer accuracy stays 0: learned is no"),
     "llmpipe verdict runs/tiny recipes/tiny.yaml verdict.max_over_refusal=0.3 suites.sample=0": (3, MICRO_REFUSES),
 }
+# The README's GGUF section: running the exported file needs llama.cpp or Ollama, neither installed by llmpipe.
+_LLAMA_CPP_WHY = "needs llama.cpp's binaries; tests/test_export_gguf.py runs the exported files in llama.cpp (llama-cpp-python)"
+_OLLAMA_WHY = "needs Ollama (not installed here); tests/test_export_gguf.py checks the Modelfile's templates"
+EXCLUDED.update({
+    "llama-cli -m gguf/tiny-dpo/tiny-dpo-f16.gguf -cnv --jinja": _LLAMA_CPP_WHY,
+    "llama-server -m gguf/tiny-dpo/tiny-dpo-f16.gguf --jinja --port 8080": _LLAMA_CPP_WHY,
+    "cd gguf/tiny-dpo": "the folder of the Ollama commands below",
+    "ollama create tiny-dpo -f Modelfile": _OLLAMA_WHY,
+    "ollama run tiny-dpo": _OLLAMA_WHY,
+})
 if not (ROOT.parent / "shared" / "data").is_dir():
     EXCLUDED["llmpipe run recipes/tiny.yaml sft.train_files=../shared/data/alpaca.train.jsonl "
              "sft.validation_files=../shared/data/alpaca.validation.jsonl align.train_files=../shared/data/hh_helpful_base.train.jsonl "
