@@ -56,6 +56,22 @@ def test_dpo_loss_variants_train(micro_run: Path, tmp_path: Path, loss_type: str
     assert manifest["parameters"]["trainable"] == manifest["parameters"]["total"]  # full fine-tuning
 
 
+def test_rpo_alpha_adds_the_chosen_replies_nll_to_the_dpo_loss(micro_run: Path, tmp_path: Path):
+    # At the first step the policy is its reference, so DPO's sigmoid loss is log 2 exactly; with rpo_alpha the
+    # NLL of the chosen replies (nats per token, ~6 for the micro model) is added on top, times rpo_alpha.
+    first = {}
+    for alpha in (0, 1):
+        out = tmp_path / f"rpo{alpha}"
+        result = invoke("align", MICRO, "--from", str(micro_run / "sft"), "--out", str(out), f"rpo_alpha={alpha}",
+                        "preference_rows=4", *FAST)
+        assert result.exit_code == 0, result.output
+        manifest = read_manifest(out / "dpo")
+        assert manifest["config"]["align"]["rpo_alpha"] == alpha
+        first[alpha] = next(h["loss"] for h in manifest["evals"] if "loss" in h)
+    assert first[0] == pytest.approx(math.log(2), abs=1e-3)
+    assert first[1] - first[0] > 3
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -108,3 +108,37 @@ def test_stage_metrics_before_and_after_with_a_reward_model():
 def test_a_missing_measure_says_why():
     prefs = HeldoutPreferences(tokenizer=None, pairs=[], beta=0.1, notes={"reward_model_win_rate": "no reward model"})
     assert prefs.metrics({}, {}) == {"reward_model_win_rate_note": "no reward model"}
+
+
+# ---- prompts fitted to the context (llmpipe.chat_format) ----------------------------------------
+
+def _msg(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+def test_fit_prompt_drops_the_oldest_whole_turns_and_keeps_the_system_message():
+    from llmpipe.chat_format import fit_prompt, prompt_length
+
+    tok = CharTokenizer()  # a message is its role, its letters and <eos>; the generation prompt one more
+    system, history = _msg("system", "ab"), [_msg("user", "abc"), _msg("assistant", "def"), _msg("user", "gh")]
+    assert prompt_length(tok, [system, *history]) == 4 + 5 + 5 + 4 + 1
+    assert fit_prompt(tok, [system, *history], 19) == [system, *history]  # fits: unchanged
+    assert fit_prompt(tok, [system, *history], 18) == [system, history[-1]]  # a user turn goes with its reply
+    assert fit_prompt(tok, history, 5) == [history[-1]]
+    assert fit_prompt(tok, history, 4) is None  # the last message alone is longer
+
+
+def test_fit_for_replies_makes_room_for_the_longest_reply():
+    from llmpipe.chat_format import fit_for_replies
+
+    tok = CharTokenizer()
+    prompt = [_msg("user", "abc"), _msg("assistant", "def"), _msg("user", "gh")]  # 15 tokens with the generation prompt
+    pair = {"prompt": prompt, "chosen": [_msg("assistant", "ijkl")], "rejected": [_msg("assistant", "ab")]}  # replies: 5, 3
+    assert fit_for_replies(tok, [pair], 20) == ([pair], {"rows": 1, "shortened": 0, "reply_cut": 0})
+    rows, counts = fit_for_replies(tok, [pair], 19)
+    assert rows[0]["prompt"] == prompt[-1:] and rows[0]["chosen"] == pair["chosen"]
+    assert counts == {"rows": 1, "shortened": 1, "reply_cut": 0}
+    rows, counts = fit_for_replies(tok, [pair], 9)  # 5 + 5 > 9: the last message is kept, the reply is cut by the trainer
+    assert rows[0]["prompt"] == prompt[-1:] and counts == {"rows": 1, "shortened": 1, "reply_cut": 1}
+    single = {"prompt": prompt, "completion": [_msg("assistant", "ijkl")], "label": True}  # KTO's unpaired rows too
+    assert fit_for_replies(tok, [single], 19)[0][0]["prompt"] == prompt[-1:]

@@ -2,7 +2,8 @@
 
 Every command line of every ```sh / ```bash / ```shell / ```zsh block of README.md, and every `$ `
 line of a ```console block (continuation lines joined, comments dropped), is either run here through
-the in-process CLI or listed in EXCLUDED with the reason. A built-in recipe given by name (`llmpipe
+the in-process CLI or listed in EXCLUDED with the reason; the "Your own data" block's commands, minutes of
+training on real text, are bench/own_data.py's (tests/test_own_data.py checks that they resolve). A built-in recipe given by name (`llmpipe
 run tiny`) is the repository's recipes/NAME.yaml, so it reads as that path here (the sandbox's copy).
 A command that is neither run nor excluded fails the test, and so does an EXCLUDED or ISOLATED entry
 the README no longer has. `make demo` runs as the Makefile's
@@ -15,14 +16,14 @@ The commands run verbatim in a sandbox that looks like the repository from the i
   recipe named tiny, `recipes/grpo.yaml` micro-sized GRPO on the verifiable data, and run folders
   such as runs/tiny, runs/rlhf and hf/tiny-dpo land in tmp; tmp/shared links to ../shared.
 - runs/tiny starts as a copy of the session's micro run: that run is exactly `llmpipe run
-  recipes/micro.yaml`, which is what `make demo` trains here, so `make demo` and the `llmpipe run`
-  after it find every stage complete (checked: nothing is retrained). runs/other, the README's
-  "another run", is a copy of it too. runs/grpo and runs/real start with the micro run's finished
-  stages that their recipes share (tokenizer and pretrain; grpo's sft too), so those commands train only
-  what is new to them. runs/rlhf gets tokenizer and pretrain only: `llmpipe run recipes/rlhf.yaml`
-  trains its own sft, so runs/tiny/sft is another checkpoint, as on a fresh clone. (Were they the same
-  files, the README's next command, RL `--from runs/tiny/sft --out runs/rlhf`, would find its stages
-  complete, and the one after it, `--rl grpo`, would be refused: runs/rlhf/rlhf already holds RLOO.)
+  recipes/micro.yaml`, which is what `make demo` trains here, so `make demo` and the `llmpipe run` after
+  it find every stage complete (checked: nothing is retrained). runs/other, the README's "another run",
+  is a copy of it too. runs/grpo starts with the micro run's finished stages that its recipe shares
+  (tokenizer, pretrain and sft), so those commands train only what is new to them. runs/rlhf gets
+  tokenizer and pretrain only: `llmpipe run recipes/rlhf.yaml` trains its own sft, so runs/tiny/sft is
+  another checkpoint, as on a fresh clone. (Were they the same files, the README's next command, RL
+  `--from runs/tiny/sft --out runs/rlhf`, would find its stages complete, and the one after it, `--rl
+  grpo`, would be refused: runs/rlhf/rlhf already holds RLOO.)
 - The Commands block lists alternatives, not a script: after `llmpipe run`, the single-stage examples
   with other settings (`pretrain max_steps=50`, a DPO with `loss_type=ipo`, a LoRA SFT, ...) would be
   refused on the finished runs/tiny by design (exit 2: "already holds a finished pretrain trained with
@@ -32,6 +33,7 @@ The commands run verbatim in a sandbox that looks like the repository from the i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -119,10 +121,6 @@ EXCLUDED.update({
     "ollama create tiny-dpo -f Modelfile": _OLLAMA_WHY,
     "ollama run tiny-dpo": _OLLAMA_WHY,
 })
-if not (ROOT.parent / "shared" / "data").is_dir():
-    EXCLUDED["llmpipe run recipes/tiny.yaml sft.train_files=../shared/data/alpaca.train.jsonl "
-             "sft.validation_files=../shared/data/alpaca.validation.jsonl align.train_files=../shared/data/hh_helpful_base.train.jsonl "
-             "align.validation_files=../shared/data/hh_helpful_base.validation.jsonl --out runs/real"] = "../shared/data is absent here"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -165,6 +163,15 @@ ISOLATED: dict[str, tuple[tuple[str, ...], Callable[[Path], None]]] = {
     "llmpipe align recipes/tiny.yaml --method dpo beta=0.2 loss_type=ipo": (("dpo",), _check_ipo),
     "llmpipe sft recipes/tiny.yaml lora.enabled=true lora.r=8": (("sft", "dpo"), _check_lora),
 }
+
+
+def _own_data_commands() -> set[str]:
+    """The "Your own data" block's commands, as readme_commands() spells them: bench/own_data.py runs them end
+    to end on real text (minutes), tests/test_own_data.py checks that they parse and resolve."""
+    spec = importlib.util.spec_from_file_location("own_data_bench", ROOT / "bench" / "own_data.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return {shlex.join(by_path(words)) for words in bench.readme_commands()}
 
 
 def readme_commands() -> list[str]:
@@ -225,8 +232,7 @@ def _sandbox(root: Path, micro_run: Path) -> Path:
         shutil.copytree(micro_run, runs / name)
     # The finished stages these recipes share with the micro run (same settings, same data).
     # Not runs/rlhf's sft: see the module docstring.
-    for name, stages in (("rlhf", ("tokenizer", "pretrain")), ("grpo", ("tokenizer", "pretrain", "sft")),
-                         ("real", ("tokenizer", "pretrain"))):
+    for name, stages in (("rlhf", ("tokenizer", "pretrain")), ("grpo", ("tokenizer", "pretrain", "sft"))):
         for stage in stages:
             shutil.copytree(micro_run / stage, runs / name / stage)
     # `llmpipe run my-recipe.yaml`: a recipe file of the user's own, here the (micro-sized) tiny recipe.
@@ -285,9 +291,11 @@ def test_readme_commands_are_all_run_or_excluded_for_a_reason():
     assert "llmpipe run recipes/tiny.yaml" in commands and len(commands) > 20
     for listed in (*EXCLUDED, *ISOLATED, *EXIT_CODES):
         assert listed in commands, f"no longer in the README (update this test): {listed}"
+    own_data = _own_data_commands()
+    assert own_data and own_data <= set(commands)
     for command in commands:
         runnable = command.startswith("llmpipe ") or command == "make demo"
-        assert runnable or command in EXCLUDED, f"README command neither run nor excluded: {command}"
+        assert runnable or command in EXCLUDED or command in own_data, f"README command neither run nor excluded: {command}"
     assert make_demo_command() == "llmpipe run recipes/tiny.yaml"
 
 
@@ -300,8 +308,9 @@ def test_readme_commands_run_on_the_micro_recipe(micro_run: Path, tmp_path: Path
     demo = {stage: _manifest(repo / "runs" / "tiny" / stage)["created"] for stage in ("tokenizer", "pretrain", "sft", "dpo")}
 
     ran, failed = [], []
+    own_data = _own_data_commands()
     for command in readme_commands():
-        if command in EXCLUDED:
+        if command in EXCLUDED or command in own_data:
             continue
         start = time.monotonic()
         line = make_demo_command() if command == "make demo" else command
@@ -331,10 +340,6 @@ def test_readme_commands_run_on_the_micro_recipe(micro_run: Path, tmp_path: Path
     assert policy["metrics"]["algorithm"] == "grpo" and policy["reward_model"]["path"] == str((runs / "rlhf" / "reward").resolve())
     assert _manifest(runs / "grpo" / "grpo")["metrics"]["rewards"] == ["exact_match"]
     assert _manifest(runs / "grpo" / "rloo")["metrics"]["rewards"] == ["exact_match", "format", "length"]
-    if (runs / "real").exists():
-        sft = _manifest(runs / "real" / "sft")
-        assert [Path(f).name for f in sft["config"]["sft"]["train_files"]] == ["alpaca.train.jsonl"]
-        assert _manifest(runs / "real" / "dpo")["status"] == "complete"
     replies = [json.loads(line) for line in (repo / "replies.jsonl").read_text().splitlines()]
     assert len(replies) == 2 and all(set(r) >= {"prompt", "reply"} for r in replies)
     assert not (runs / ".tiny.kept").exists()

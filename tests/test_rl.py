@@ -212,3 +212,51 @@ def test_rloo_with_several_rule_rewards_and_lora(micro_copy: Path):
         assert metrics[key] is not None and f"{key}_before" in metrics, key
     checked = invoke("data", "check", MICRO, "--stage", "align", "align.method=rloo", *VERIFIABLE, "--out", str(micro_copy))
     assert checked.exit_code == 0 and "[answer: " in checked.stdout, checked.output
+
+
+# ---- prompts longer than the context ---------------------------------------------------------
+
+def _long_prompt_rows(words: list[str], seed: int) -> list[dict]:
+    """Multi-turn prompts of ~300 tokens at the micro tokenizer (context 256), short ones, and one whose last
+    message alone is longer than the context."""
+    import random
+
+    rng = random.Random(seed)
+
+    def said(n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    rows = []
+    for _ in range(6):  # a long history before a short question: shortened
+        turns = [m for _ in range(3) for m in ({"role": "user", "content": said(60)}, {"role": "assistant", "content": said(60)})]
+        rows.append({"prompt": [*turns, {"role": "user", "content": said(5)}]})
+    rows += [{"prompt": [{"role": "user", "content": said(5)}]} for _ in range(4)]  # short: as they are
+    rows.append({"prompt": [{"role": "user", "content": said(400)}]})  # the last message alone is too long: left out
+    return rows
+
+
+def test_rl_prompts_longer_than_the_context_lose_their_oldest_turns(micro_copy: Path, tmp_path: Path):
+    # TRL 1.16's RLOO/GRPO do not truncate prompts: before llmpipe fitted them, hh-rlhf's long conversations
+    # failed in the forward pass ("IndexError: index out of range", past GPT-2's position table).
+    for name, seed in (("train", 0), ("validation", 1)):
+        rows = _long_prompt_rows(["kettle", "blue", "Mira", "lives", "sheep", "baa", "plus", "three"], seed)
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = invoke("align", MICRO, "--method", "rloo", "--out", str(micro_copy), "align.rewards=[length]",
+                    f"align.train_files=[{tmp_path / 'train.jsonl'}]", f"align.validation_files=[{tmp_path / 'validation.jsonl'}]")
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(micro_copy / "rloo")
+    fitted = manifest["data"]["prompts_fitted"]
+    assert fitted["budget_tokens"] == 256 - 8  # micro's context less its align.max_new_tokens
+    assert fitted["train"] == fitted["validation"] == {"rows": 11, "shortened": 6, "dropped": 1}
+    assert "6 of 11 training prompts lost their oldest turns and 1 were left out" in result.output
+    # The held-out prompts the stage measured and protected are the fitted ones: they end with the question.
+    from transformers import AutoTokenizer
+
+    from llmpipe.chat_format import prompt_length
+
+    tokenizer = AutoTokenizer.from_pretrained(micro_copy / "sft")
+    protected = micro_copy / "rloo" / manifest["protected"]["heldout"][0]["file"]
+    prompts = [json.loads(line)["prompt"] for line in protected.read_text().splitlines()]
+    assert len(prompts) == 8 and all(prompt_length(tokenizer, p) <= 248 for p in prompts)
+    assert sum(len(p) < 7 and p[0]["role"] == "user" for p in prompts) >= 4
+

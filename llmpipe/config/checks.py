@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from llmpipe.config.constants import NEEDS_LABEL_SMOOTHING, RL_ALGORITHMS, RL_METHODS
+from llmpipe.config.constants import DEFAULT_METHOD, NEEDS_LABEL_SMOOTHING, RL_ALGORITHMS, RL_METHODS, SFT_LOSS
 from llmpipe.config.fields import leaves, problem, value_at
 from llmpipe.config.presets import AUTO, QK_NORM_FAMILIES, ROPE_FAMILIES
 from llmpipe.config.schema import STAGE_SECTIONS, LoRAConfig, Recipe, TrainConfig
@@ -113,6 +113,9 @@ def check_preference(recipe: Recipe) -> None:
     al = recipe.align
     _need(recipe, al.loss_type not in NEEDS_LABEL_SMOOTHING or al.label_smoothing > 0, "align.label_smoothing",
           f"loss_type {al.loss_type} needs label_smoothing > 0 (e.g. 0.1: the assumed share of flipped labels)")
+    # DEFAULT_METHOD is DPO, the method whose loss types TRL combines with loss_weights.
+    _need(recipe, al.rpo_alpha == 0 or (al.method == DEFAULT_METHOD and al.loss_type != SFT_LOSS), "align.rpo_alpha",
+          f"adds TRL's {SFT_LOSS} loss to a DPO loss: it needs method {DEFAULT_METHOD} and a loss_type other than {SFT_LOSS}")
     # KTO (the method on unpaired rows) estimates its KL term from the other rows of the batch.
     # (Method cai trains on unpaired rows when align.cai.train names the stage that does.)
     spec = stage_spec(al.method)

@@ -18,6 +18,8 @@ DPO_LOSS_TYPES = (
     "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )
 NEEDS_LABEL_SMOOTHING = ("robust", "exo_pair")
+# The DPO loss type that is an NLL on the chosen replies: what align.rpo_alpha adds beside the DPO loss.
+SFT_LOSS = "sft"
 # Rule rewards of online RL; llmpipe/eval/rewards.py implements one function per name (tests check both ways).
 REWARD_RULES = ("exact_match", "format", "length")
 PRECISIONS = ("auto", "bf16", "fp32")

@@ -24,6 +24,7 @@ from llmpipe.config.presets import AUTO
 from llmpipe.config.recipes import find_recipe
 from llmpipe.config.schema import SHORTHANDS, Recipe
 from llmpipe.core.errors import UserError
+from llmpipe.registry import STAGES, TOKENIZER
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str | None = None) -> Recipe:
@@ -71,8 +72,19 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), stage: str |
     if (recipe.pretrain.time_budget or recipe.pretrain.tokens) and not names_model and not recipe.base.source:
         recipe.model = dataclasses.replace(recipe.model, preset=AUTO)
     _resolve_paths(recipe, in_file, overridden, str(Path(source).parent) if path is not None else None)
+    _tokenizer_follows_pretraining(recipe)
     validate(recipe)
     return recipe
+
+
+def _tokenizer_follows_pretraining(recipe: Recipe) -> None:
+    """A recipe that names its pretraining text but not the tokenizer's: the tokenizer learns from that text
+    too, not from the embedded world's (a tokenizer of other text splits the user's words into bytes)."""
+    # The section of the stage that builds a model from the tokenizer (pretrain), without naming it here.
+    source = next(spec.section for spec in STAGES.values() if spec.builds_model and TOKENIZER in spec.parents)
+    for key in ("train_files", "validation_files"):
+        if f"{source}.{key}" in recipe.given and f"{TOKENIZER}.{key}" not in recipe.given:
+            setattr(recipe.tokenizer, key, list(getattr(getattr(recipe, source), key)))
 
 
 def _dotted_keys(raw: Any, prefix: str = "") -> set[str]:

@@ -62,10 +62,12 @@ class TokenizerConfig:
     """Byte-level BPE trained on the pretraining text."""
 
     train_files: list[str] = setting([f"{DATA}/pretrain.train.jsonl"],
-                                     "Text the tokenizer learns its merges from (files, folders, globs or hf: sources).",
+                                     "Text the tokenizer learns its merges from (files, folders, globs or hf: sources); "
+                                     "not given while pretrain.train_files is: the pretraining text.",
                                      path=True)
     validation_files: list[str] = setting([f"{DATA}/pretrain.validation.jsonl"],
-                                          "Held-out text on which the tokenizer's bytes per token is measured.", path=True)
+                                          "Held-out text on which the tokenizer's bytes per token is measured; not given "
+                                          "while pretrain.validation_files is: that text.", path=True)
     vocab_size: int = setting(4096, "Vocabulary size, the 256 byte tokens and the special tokens included.",
                               ge=260, le=1_000_000, why="256 bytes + special tokens")
     min_frequency: int = setting(2, "A pair of tokens must occur this often to become a merge.", ge=1)
@@ -304,6 +306,13 @@ class AlignConfig(TrainConfig):
                              "label_smoothing > 0.", choices=DPO_LOSS_TYPES)
     label_smoothing: float = setting(0.0, "DPO's robust / exo_pair: the assumed share of flipped preference "
                                      "labels.", ge=0, lt=0.5)
+    rpo_alpha: float = setting(
+        0.0, "DPO: weight of a negative log-likelihood loss on the chosen replies added to the DPO loss (RPO, Pang et al. "
+        "2024: TRL's loss_type [<loss_type>, sft] with loss_weights [1, rpo_alpha]). DPO lowers the likelihood of the "
+        "chosen replies along with the rejected ones; this holds the chosen ones up, the align stages' counterpart of "
+        "sft.replay_fraction. Measured on the demo (README, Forgetting and replay): 0.3 halved the rise of SFT's chat "
+        "loss (+109% -> +51%) at the same implicit-reward accuracy (0.82); 3 cut it to +39% but the accuracy fell to "
+        "0.71. 0: off (the default, so that finished DPO stages stand).", ge=0)
     desirable_weight: float = setting(1.0, "KTO: loss weight of desirable rows, to balance unequal counts "
                                       "(KTO paper, eq. 8).", gt=0)
     undesirable_weight: float = setting(1.0, "KTO: loss weight of undesirable rows, to balance unequal "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from trl import DPOConfig, DPOTrainer
 
+from llmpipe.config.constants import SFT_LOSS
 from llmpipe.core.console import fmt_number, say
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import limit_rows
@@ -20,8 +21,12 @@ def train(ctx: StageContext) -> Path:
     cfg = ctx.cfg
     tokenizer, data = load_data(ctx)
     # Off a GPU the forward passes run on packed pairs, not padded ones (llmpipe.speed).
+    # RPO: an NLL term on the chosen replies beside the DPO loss, TRL's way of combining losses.
+    losses, weights = [cfg.loss_type], [1.0]
+    if cfg.rpo_alpha > 0:
+        losses, weights = [cfg.loss_type, SFT_LOSS], [1.0, cfg.rpo_alpha]
     trainer = preference_trainer(ctx, DPOTrainer, DPOConfig, tokenizer, data.train, limit_rows(data.validation, cfg),
-                                 layout="pairs", loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing)
+                                 layout="pairs", loss_type=losses, loss_weights=weights, label_smoothing=cfg.label_smoothing)
     # Held-out pairs, compared with the parent (the reference). DPO has no reward model to judge
     # generated replies by, so no win rate (align.reward_model is for the online methods).
     prefs = HeldoutPreferences(tokenizer, data.validation[: cfg.preference_rows], cfg.beta,

@@ -19,12 +19,13 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from llmpipe.chat_format import load_chat_tokenizer, set_generation_stops, stop_token_ids
+from llmpipe.chat_format import fit_prompt, load_chat_tokenizer, set_generation_stops, stop_token_ids
 from llmpipe.core.console import fmt_number, say
 from llmpipe.core.errors import UserError
 from llmpipe.data.pipeline import heldout_texts, load_rows
 from llmpipe.eval.rewards import reward_functions
 from llmpipe.eval.rl import policy_metrics
+from llmpipe.models import model_context
 from llmpipe.registry import REWARD_MODEL, RL_ALGORITHMS, stage_spec
 from llmpipe.runs import StageRef, manifest_sha
 from llmpipe.runs.context import StageContext
@@ -55,6 +56,48 @@ def _check_answers(rows: list[dict[str, Any]], rules: list[str], cfg: Any) -> No
         )
 
 
+def fit_prompts(tokenizer: Any, rows: list[dict[str, Any]], budget: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The rows whose prompts fit `budget` tokens (the context less the reply), each with its oldest turns
+    dropped as far as needed (llmpipe.chat_format.fit_prompt); rows whose last message alone is too long
+    are left out. Returns the rows and {rows, shortened, dropped} for the manifest.
+
+    TRL 1.16's RLOOTrainer and GRPOTrainer do not truncate prompts: a prompt of more tokens than the
+    context fails in the model's forward pass (an index error past GPT-2's position table), and one that
+    leaves no room for the reply generates nothing. Shortening keeps a multi-turn conversation's latest
+    request, the one the reply answers (on hh-rlhf most over-long prompts are long histories)."""
+    kept, shortened = [], 0
+    for row in rows:
+        prompt = fit_prompt(tokenizer, row["prompt"], budget)
+        if prompt is None:
+            continue
+        shortened += len(prompt) < len(row["prompt"])
+        kept.append({**row, "prompt": prompt})
+    return kept, {"rows": len(rows), "shortened": shortened, "dropped": len(rows) - len(kept)}
+
+
+def _fitted(ctx: StageContext, tokenizer: Any, policy: Any, data: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The train and validation prompt rows fitted to the policy's context less align.max_new_tokens, the counts
+    recorded in the manifest's data report (`prompts_fitted`); a UserError when no training prompt fits."""
+    cfg, context = ctx.cfg, model_context(policy.config)
+    budget = context - cfg.max_new_tokens
+    if budget < 1:
+        raise UserError(f"is {cfg.max_new_tokens}: no room is left for a prompt in the model's context of {context} tokens",
+                        file=ctx.recipe.source, field="align.max_new_tokens", hint=f"set it below {context}")
+    train_rows, train_counts = fit_prompts(tokenizer, data.train, budget)
+    validation, validation_counts = fit_prompts(tokenizer, data.validation, budget)
+    ctx.manifest.data["prompts_fitted"] = {"budget_tokens": budget, "train": train_counts, "validation": validation_counts}
+    for name, counts in (("training", train_counts), ("validation", validation_counts)):
+        if counts["shortened"] or counts["dropped"]:
+            say(f"{ctx.spec.name}: {counts['shortened']} of {counts['rows']} {name} prompts lost their oldest turns and "
+                f"{counts['dropped']} were left out, to fit {budget} tokens (context {context} less align.max_new_tokens)")
+    for rows, files in ((train_rows, cfg.train_files), (validation, cfg.validation_files or cfg.train_files)):
+        if not rows:
+            raise UserError(f"no prompt fits the model's context of {context} tokens less align.max_new_tokens "
+                            f"({cfg.max_new_tokens}): the last message of each is longer", file=files[0], field="prompt",
+                            hint="use shorter prompts or lower align.max_new_tokens")
+    return train_rows, validation
+
+
 def train(ctx: StageContext) -> Path:
     """Train the policy of method rlhf, grpo or rloo (`ctx.inputs["reward_model_dir"]`: the reward model, if any)."""
     recipe, writer, parent_dir = ctx.recipe, ctx.writer, ctx.parent_dir
@@ -70,6 +113,7 @@ def train(ctx: StageContext) -> Path:
     # (with LoRA there is no copy: the reference is the policy with its adapters disabled).
     policy = load_model(parent_dir, ctx)
     set_generation_stops(policy, tokenizer)  # else sampling runs to max_new_tokens every time
+    train_rows, validation = _fitted(ctx, tokenizer, policy, data)
 
     reward_model = reward_tokenizer = None
     funcs: list[Any] = []
@@ -92,15 +136,15 @@ def train(ctx: StageContext) -> Path:
         log_completions=False,
     )
     # Each prompt's completions form one group: the eval set is cut to whole batches of groups.
-    eval_rows = data.validation[: cfg.eval_batches * (cfg.batch_size // cfg.num_generations)]
-    columns = ["prompt", "answer"] if all("answer" in r for r in data.train) else ["prompt"]
+    eval_rows = validation[: cfg.eval_batches * (cfg.batch_size // cfg.num_generations)]
+    columns = ["prompt", "answer"] if all("answer" in r for r in train_rows) else ["prompt"]
     trainer = build_trainer(
         trainer_class,
         "plain",
         model=policy,
         reward_funcs=funcs,
         args=args,
-        train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in data.train]),
+        train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in train_rows]),
         eval_dataset=Dataset.from_list([{k: r[k] for k in columns if k in r} for r in eval_rows]),
         processing_class=tokenizer,
         reward_processing_classes=[reward_tokenizer] * (reward_model is not None) + [None] * len(rules),
@@ -110,7 +154,7 @@ def train(ctx: StageContext) -> Path:
     # generated and scored by the policy, the reference and the reward model (2 each).
     flops_scale = (6 + 2 * (3 + (reward_model is not None))) / 6
 
-    heldout = data.validation[: cfg.heldout_prompts]
+    heldout = validation[: cfg.heldout_prompts]
     # With LoRA the trainer holds no reference copy (it disables the adapters); measuring needs one.
     reference = trainer.ref_model
     if reference is None:

@@ -14,7 +14,7 @@ from typing import Any
 from accelerate import PartialState
 from datasets import Dataset, load_from_disk
 
-from llmpipe.chat_format import load_chat_tokenizer, set_generation_stops
+from llmpipe.chat_format import fit_for_replies, load_chat_tokenizer, set_generation_stops
 from llmpipe.core.console import say
 from llmpipe.core.errors import UserError
 from llmpipe.data.pipeline import heldout_texts, load_rows, validation_rows
@@ -53,7 +53,13 @@ def preference_trainer(ctx: StageContext, trainer_class: type, config_class: typ
         ctx.manifest.data["rows_for_steps"] = len(used)
         say(f"{ctx.spec.name}: {cfg.max_steps} steps read {len(used)} of the {len(train_rows)} training rows (a seeded sample); "
             "only those are scored by the reference")
-    train_rows = used
+    # Long prompts lose their oldest turns so that the replies fit max_length (TRL would cut the replies instead).
+    train_rows, fitted = fit_for_replies(tokenizer, used, cfg.max_length)
+    eval_rows, _ = fit_for_replies(tokenizer, eval_rows, cfg.max_length)
+    ctx.manifest.data["prompts_fitted"] = {"max_length": cfg.max_length, **fitted}
+    if fitted["shortened"]:
+        say(f"{ctx.spec.name}: {fitted['shortened']} of {fitted['rows']} training prompts lost their oldest turns to leave room "
+            f"for the replies in align.max_length {cfg.max_length}; {fitted['reply_cut']} replies are cut even so")
     args = training_arguments(config_class, cfg, ctx.recipe, ctx.writer, beta=cfg.beta, max_length=cfg.max_length,
                               include_num_input_tokens_seen="non_padding", precompute_ref_log_probs=True, **settings)
     folder = ctx.writer.checkpoints_dir / "datasets"
