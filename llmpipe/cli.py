@@ -6,7 +6,6 @@ Thin on purpose: it parses arguments, loads the recipe and calls a stage's `run`
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +14,10 @@ from typing import Annotated, Any
 import typer
 
 from llmpipe import __version__
+from llmpipe.cli_common import DebugOpt, DeviceOpt, FromOpt, OutOpt, RecipeArg, RestartOpt, TrustOpt, echo, guard, load, run_dir_for
+from llmpipe.cli_tools import register
 from llmpipe.core.console import is_main_process, quiet_libraries
-from llmpipe.core.errors import EXIT_USER_ERROR, UserError, os_error_line
+from llmpipe.core.errors import EXIT_USER_ERROR, UserError
 from llmpipe.registry import ALIGN_METHODS, BASE, RL_ALGORITHMS, RUN_ORDER, stage_for, stage_spec
 
 app = typer.Typer(
@@ -27,44 +28,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Data tools.")
 app.add_typer(data_app, name="data")
-
-RecipeArg = Annotated[
-    list[str] | None,
-    typer.Argument(help="A recipe (optional): a built-in name (llmpipe recipes) or a YAML file; then key=value overrides, "
-                   "e.g. tiny max_steps=50", show_default=False),
-]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<recipe name>).")]
-FromOpt = Annotated[Path | None, typer.Option("--from", help="Parent checkpoint folder (default: the parent stage of the same run), "
-                                               "or a model to import as the run's base: a Hugging Face folder, "
-                                               "hf:ORG/NAME[@REVISION] or a .gguf file.")]
-TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Let an imported model run its own Python code "
-                                        "(config.json auto_map); read that code first.")]
-RestartOpt = Annotated[bool, typer.Option("--restart", help="Retrain from scratch and replace a finished stage.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps (default: the recipe's, auto).")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")]
-
-
-def _guard(debug: bool, action: Callable[[], Any]) -> Any:
-    """Run a command; a UserError becomes one line on stderr and exit code 2 (traceback with --debug)."""
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    try:
-        return action()
-    except UserError as e:
-        if debug:
-            raise
-        typer.echo(f"error: {e.one_line()}", err=True)
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the stage's work folder keeps its last checkpoint; rerun to resume", err=True)
-        raise typer.Exit(130) from None
-    except OSError as e:
-        # A full disk or a read-only folder is the machine's state, not a bug: one line. Any other
-        # OSError (a file llmpipe itself should have written, say) keeps its traceback.
-        line = os_error_line(e)
-        if debug or line is None:
-            raise
-        typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 def _print_version(value: bool) -> None:
@@ -80,62 +43,6 @@ def _options(version: Annotated[bool, typer.Option("--version", callback=_print_
     pass
 
 
-def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
-    args = list(args or [])
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
-
-
-def _load(args: list[str] | None, stage: str | None, device: str | None, training: bool = True) -> Any:
-    from llmpipe.config import STAGE_SECTIONS, load_recipe
-
-    recipe_path, overrides = _split_args(args)
-    if device:
-        overrides.append(f"device={device}")
-    for extra in overrides:
-        if "=" not in extra:
-            raise UserError(f"'{extra}' is not key=value (only the first argument can be a recipe)",
-                            hint="write overrides like pretrain.max_steps=10")
-    recipe = load_recipe(recipe_path, overrides, stage=stage)
-    sections = [stage] if stage else list(STAGE_SECTIONS)
-    quantized = [s for s in sections if getattr(getattr(getattr(recipe, s, None), "lora", None), "quantize", "none") != "none"]
-    if recipe.device != "auto" or recipe.precision != "auto" or (quantized and training):
-        # Checked before any stage runs, so `run --device cuda` (or QLoRA) on a CPU box fails in a second.
-        from llmpipe.train.args import check_quantization, placement
-
-        placement(recipe)
-        for section in quantized if training else []:
-            check_quantization(recipe, section)
-    if training and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        # A DeepSpeed JSON that disagrees with the recipe fails here, not when a later stage builds its trainer.
-        from llmpipe.train.args import placement
-        from llmpipe.train.launch import check_deepspeed
-
-        check_deepspeed(recipe, _trained_sections(recipe, stage), placement(recipe)["bf16"])
-    return recipe
-
-
-def _trained_sections(recipe: Any, stage: str | None) -> list[str]:
-    """The recipe sections a command trains: its own (align: with what its method trains first), or `run`'s."""
-    sections = [stage] if stage else list(RUN_ORDER)
-    if "align" in sections:
-        sections += [stage_spec(first).section for first in stage_for("align", recipe.align.method).trains_first]
-    return sections
-
-
-def _echo(text: str) -> None:
-    # Under a distributed launch every process runs the command; one copy of the output is enough.
-    if is_main_process():
-        typer.echo(text)
-
-
-def _run_dir(recipe: Any, out: Path | None) -> Path:
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError("is a file; --out takes a run folder", file=str(out), field="--out", hint="give a folder (new or a run folder)")
-    return out if out is not None else Path("runs") / recipe.name
-
-
 def _stage_command(section: str, args: list[str] | None, out: Path | None, parent: Path | None,
                    restart: bool, device: str | None, debug: bool, method: str | None = None, trust: bool = False) -> None:
     def action() -> None:
@@ -144,14 +51,14 @@ def _stage_command(section: str, args: list[str] | None, out: Path | None, paren
             overrides.append(f"align.method={method}")
         if trust:
             overrides.append(f"{stage_spec(BASE).section}.trust_remote_code=true")
-        recipe = _load(overrides, section, device)
-        run_dir = _run_dir(recipe, out)
+        recipe = load(overrides, section, device)
+        run_dir = run_dir_for(recipe, out)
         quiet_libraries()
         from llmpipe.pipeline import train_section
 
-        _echo(str(train_section(section, recipe, run_dir, parent=parent, restart=restart)))
+        echo(str(train_section(section, recipe, run_dir, parent=parent, restart=restart)))
 
-    _guard(debug, action)
+    guard(debug, action)
 
 
 def _section_command(section: str) -> Callable[..., None]:
@@ -186,9 +93,6 @@ def base(args: RecipeArg = None, source: SourceOpt = None, out: OutOpt = None, r
                    trust=trust_remote_code)
 
 
-# `data check`'s default: the section that reads chat rows (sft), the data users most often bring.
-CHAT_SECTION = next(section for section in RUN_ORDER if stage_for(section).data == "chat")
-
 MethodOpt = Annotated[str | None, typer.Option(help=f"Align method: {', '.join(ALIGN_METHODS)} (default: the recipe's).")]
 RLOpt = Annotated[str | None, typer.Option("--rl", help=f"RL algorithm of an RL method with a reward model: {' or '.join(RL_ALGORITHMS)} "
                                            "(default: the recipe's).")]
@@ -213,8 +117,8 @@ def run(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False,
     """Run every stage of a recipe in order, skipping stages already complete, then print a summary."""
 
     def action() -> None:
-        recipe = _load(args, None, device)
-        run_dir = _run_dir(recipe, out)
+        recipe = load(args, None, device)
+        run_dir = run_dir_for(recipe, out)
         quiet_libraries()
         from llmpipe.eval.gate import RegressionError
         from llmpipe.pipeline import run_recipe
@@ -225,10 +129,10 @@ def run(args: RecipeArg = None, out: OutOpt = None, restart: RestartOpt = False,
         except RegressionError:
             _write_report(run_dir, recipe)  # the report shows the gate's table of what regressed
             raise
-        _echo(render_table(run_dir))
+        echo(render_table(run_dir))
         _write_report(run_dir, recipe)
 
-    _guard(debug, action)
+    guard(debug, action)
 
 
 @app.command()
@@ -239,8 +143,8 @@ def scale(args: RecipeArg = None, out: OutOpt = None, minutes: Annotated[float, 
     L(N, D) = E + A/N^alpha + B/D^beta, and one larger run that checks the law's prediction."""
 
     def action() -> None:
-        recipe = _load(args, None, device)
-        run_dir = _run_dir(recipe, out)
+        recipe = load(args, None, device)
+        run_dir = run_dir_for(recipe, out)
         quiet_libraries()
         from llmpipe.report_plots import scaling_figure
         from llmpipe.scale import FIGURE, RESULT, SCALE_DIR, run_scale
@@ -248,10 +152,10 @@ def scale(args: RecipeArg = None, out: OutOpt = None, minutes: Annotated[float, 
         result = run_scale(recipe, run_dir, minutes=minutes, restart=restart)
         if is_main_process():
             figure = scaling_figure(result, run_dir / SCALE_DIR / FIGURE)
-            _echo(f"scale: {run_dir / SCALE_DIR / RESULT} and {figure}")
+            echo(f"scale: {run_dir / SCALE_DIR / RESULT} and {figure}")
             _write_report(run_dir, recipe)
 
-    _guard(debug, action)
+    guard(debug, action)
 
 
 def _write_report(run_dir: Path, recipe: Any) -> None:
@@ -263,7 +167,7 @@ def _write_report(run_dir: Path, recipe: Any) -> None:
         from llmpipe.report import write_report
 
         written = write_report(run_dir, dataclasses.asdict(recipe.verdict))
-        _echo(f"report: {written['markdown']} (and {written['html'].name})")
+        echo(f"report: {written['markdown']} (and {written['html'].name})")
 
 
 @app.command()
@@ -287,7 +191,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs
         for path in write_report(run_dir).values():
             typer.echo(str(path))
 
-    _guard(debug, action)
+    guard(debug, action)
 
 
 @app.command("eval")
@@ -322,7 +226,7 @@ def eval_checkpoint(
         typer.echo(render(evaluation))
         typer.echo(f"written: {record(checkpoint, evaluation, json_out)}")
 
-    _guard(debug, action)
+    guard(debug, action)
 
 
 @app.command()
@@ -341,7 +245,7 @@ def verdict(
     def action() -> None:
         import dataclasses
 
-        recipe = _load(args, None, None, training=False) if args else None
+        recipe = load(args, None, None, training=False) if args else None
         quiet_libraries()
         from llmpipe.eval.suites import ensure_scores
         from llmpipe.eval.verdict import failure, release_stage, render
@@ -354,211 +258,12 @@ def verdict(
         if not result["ready"]:
             raise failure(result)
 
-    _guard(debug, action)
+    guard(debug, action)
 
 
-@app.command()
-def keys(
-    grep: Annotated[str | None, typer.Option("--grep", help="Only the keys whose line holds TEXT (any case), e.g. lora.")] = None,
-) -> None:
-    """List every recipe key, one per line: its default, range or choices, and what it does."""
 
-    def action() -> None:
-        from llmpipe.config import key_docs
-
-        docs = key_docs(grep)
-        if not docs:
-            raise UserError(f"no key matches {grep!r}", field="--grep", hint="run 'llmpipe keys' to list them all")
-        for doc in docs:
-            typer.echo(doc.line())
-
-    _guard(False, action)
-
-
-@app.command()
-def recipes(
-    name: Annotated[str | None, typer.Argument(help="A built-in recipe to print, e.g. to copy and edit.", show_default=False)] = None,
-) -> None:
-    """List the built-in recipes, one line each (run one by name: llmpipe run tiny); with NAME, print it."""
-
-    def action() -> None:
-        from llmpipe.config.recipes import builtin_recipes, describe, find_recipe
-
-        known = builtin_recipes()
-        if name is not None:
-            # find_recipe gives the one-line error (with the nearest name) for one that is not built in.
-            path = known[name] if name in known else find_recipe(name)
-            typer.echo(path.read_text(encoding="utf-8"), nl=False)
-            return
-        width = max(map(len, known), default=0)
-        for recipe_name, path in known.items():
-            typer.echo(f"{recipe_name:<{width}}  {describe(path)}")
-
-    _guard(False, action)
-
-
-@data_app.command("check")
-def data_check(
-    args: RecipeArg = None,
-    stage: Annotated[str, typer.Option(help=f"The recipe section whose data to check: {', '.join(RUN_ORDER)}.")] = CHAT_SECTION,
-    out: OutOpt = None,
-    tokenizer_dir: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: the run's).")] = None,
-    examples: Annotated[int, typer.Option(help="Rows to show rendered as trained.")] = 3,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
-    debug: DebugOpt = False,
-) -> None:
-    """Dry-run one stage's data: rows, drops by reason, token lengths, truncation, rendered examples."""
-
-    def action() -> None:
-        from llmpipe.data.check import check, format_report
-
-        if stage not in RUN_ORDER:
-            raise UserError(f"unknown stage '{stage}'", field="--stage", hint=f"use one of {', '.join(RUN_ORDER)}")
-        recipe = _load(args, stage, None, training=False)
-        quiet_libraries()
-        result = check(recipe, stage, _run_dir(recipe, out), tokenizer_dir, examples)
-        if json_out is not None:
-            import json
-
-            json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _echo(format_report(result))
-
-    _guard(debug, action)
-
-
-@data_app.command("synth")
-def data_synth(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")] = Path("data"),
-               seed: Annotated[int, typer.Option(help="World and sampling seed.")] = 0) -> None:
-    """Regenerate the embedded datasets (pretrain/sft/prefs, train and validation) deterministically."""
-    from llmpipe.data.synth import generate
-
-    for name, rows in generate(out, seed=seed).items():
-        typer.echo(f"{out / name}: {rows} rows")
-
-
-@data_app.command("suites")
-def data_suites(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")] = Path("data/suites")) -> None:
-    """Regenerate the shipped instruction-following and safety suites and their README (data/suites)."""
-    from llmpipe.eval.suite_data import write_suites
-
-    for name, rows in write_suites(out).items():
-        typer.echo(f"{out / name}: {rows} prompts")
-
-
-CheckpointArg = Annotated[Path, typer.Argument(help="A finished stage folder, e.g. runs/tiny/sft.", show_default=False)]
-MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")]
-TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")]
-TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest set of tokens with this much probability.")]
-SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
-ChatDeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-
-
-@app.command()
-def chat(checkpoint: CheckpointArg, system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-         max_new_tokens: MaxNewTokensOpt = 128, temperature: TemperatureOpt = 0.7, top_p: TopPOpt = 0.95,
-         seed: SeedOpt = 0, device: ChatDeviceOpt = "auto", debug: DebugOpt = False) -> None:
-    """Chat with a checkpoint: one user message per line on stdin; /reset clears the history, /exit quits."""
-
-    def action() -> None:
-        from llmpipe.chat import ChatSession, Sampling, chat_loop
-        from llmpipe.loading import load_checkpoint
-
-        sampling = Sampling(max_new_tokens, temperature, top_p, seed)
-        sampling.check()
-        quiet_libraries()
-        model, tokenizer = load_checkpoint(checkpoint, device, need_template=True)
-        session = ChatSession(model, tokenizer, sampling, system)
-        interactive = sys.stdin.isatty()
-        if interactive:
-            typer.echo(f"chatting with {checkpoint}; /reset clears the history, /exit quits", err=True)
-
-        def read_line() -> str:
-            if interactive:
-                typer.echo("> ", nl=False, err=True)
-            return sys.stdin.readline()
-
-        chat_loop(session, read_line, typer.echo, lambda text: typer.echo(text, err=True))
-
-    _guard(debug, action)
-
-
-PromptsOpt = Annotated[Path, typer.Option("--prompts", help="JSONL rows with 'prompt' or 'messages', or a .txt file, one per line.")]
-RepliesOpt = Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file to write (default: stdout).")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Prompts per generate call.")]
-RawOpt = Annotated[bool, typer.Option("--raw", help="Continue plain text, without the chat template (pretrain checkpoints).")]
-
-
-@app.command()
-def generate(checkpoint: CheckpointArg, prompts: PromptsOpt, out: RepliesOpt = None, max_new_tokens: MaxNewTokensOpt = 128,
-             temperature: TemperatureOpt = 0.7, top_p: TopPOpt = 0.95, seed: SeedOpt = 0, batch_size: BatchSizeOpt = 16,
-             raw: RawOpt = False, device: ChatDeviceOpt = "auto", debug: DebugOpt = False) -> None:
-    """Generate a reply to every prompt of a file; writes JSONL rows {prompt, reply}."""
-
-    def action() -> None:
-        import json
-
-        from llmpipe.chat import Sampling, generate_rows, read_prompts
-        from llmpipe.loading import load_checkpoint
-
-        sampling = Sampling(max_new_tokens, temperature, top_p, seed)
-        sampling.check()
-        if out is not None and not out.parent.is_dir():
-            raise UserError("output folder does not exist", file=str(out.parent))
-        rows = read_prompts(prompts, raw)
-        quiet_libraries()
-        model, tokenizer = load_checkpoint(checkpoint, device, need_template=not raw)
-        lines = (json.dumps(row, ensure_ascii=False) for row in generate_rows(model, tokenizer, rows, sampling, batch_size, raw))
-        if out is None:
-            for line in lines:
-                typer.echo(line)
-            return
-        text = "".join(line + "\n" for line in lines)
-        try:
-            out.write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise UserError(f"cannot write: {e.strerror}", file=str(out)) from None
-        typer.echo(f"{out}: {len(rows)} replies", err=True)
-
-    _guard(debug, action)
-
-
-@app.command("export")
-def export_checkpoint(
-    checkpoint: Annotated[Path, typer.Argument(help="A finished stage folder, or with --merge a LoRA adapter folder.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new or empty).", show_default=False)],
-    merge: Annotated[bool, typer.Option("--merge", help="Merge a LoRA adapter (CHECKPOINT, or its adapter/) into its base.")] = False,
-    base: Annotated[Path | None, typer.Option("--base", help="With --merge: the adapter's base model (default: the one it names).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="hf: a Hugging Face folder; gguf: a GGUF file and an Ollama Modelfile.")] = "hf",
-    quant: Annotated[str | None, typer.Option("--quant", help="With --format gguf: f16 (default) or q8_0.", show_default=False)] = None,
-    debug: DebugOpt = False,
-) -> None:
-    """Write a plain Hugging Face model folder (safetensors, config, tokenizer, chat template; no llmpipe
-    files), or with --format gguf a GGUF file and an Ollama Modelfile; either is checked to give the
-    same logits as its source."""
-
-    def action() -> None:
-        from llmpipe.export_gguf import check_request
-
-        quant_type = check_request(fmt, quant)
-        quiet_libraries()
-        if quant_type is not None:
-            from llmpipe.export_gguf import export_gguf
-
-            result = export_gguf(checkpoint, out, quant_type, merge, base)
-            typer.echo(f"{result['file']}: {result['architecture']} GGUF, {result['quant']}, {result['bytes'] / 1e6:.1f} MB "
-                       f"({', '.join(f'{n} {t}' for t, n in sorted(result['tensor_types'].items()))} tensors), "
-                       f"pre-tokenizer {result['pre_tokenizer']}; read back through transformers: max logit difference "
-                       f"{result['max_logit_diff']:.2g} ({result['relative_logit_diff']:.2g} of the largest logit, "
-                       f"tolerance {result['tolerance']}), same token ids and chat rendering")
-            typer.echo(f"{result['out']}/Modelfile: {result['modelfile']}")
-            return
-        from llmpipe.export import export
-
-        result = export(checkpoint, out, merge, base)
-        merged = f", adapter merged into {result['merged_into']}" if result["merged_into"] else ""
-        typer.echo(f"{result['out']}: {', '.join(result['files'])}{merged}; max logit difference {result['max_logit_diff']:.2g}")
-
-    _guard(debug, action)
+# The tools beside training (keys, recipes, data, chat, generate, export), listed after the stages.
+register(app, data_app)
 
 
 def main() -> None:
