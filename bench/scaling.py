@@ -64,6 +64,9 @@ def main() -> None:
               f"{r['predicted_loss']:9.4f} {r['measured_loss']:9.4f} {r['relative_error']:6.1%} {r['wall_seconds']:7.0f}")
     out = ROOT / "bench" / "results" / "scaling.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    # The datasets not run this time keep their rows from the last run (each can be rerun alone).
+    kept = json.loads(out.read_text())["rows"] if out.is_file() else []
+    rows = [r for r in kept if r["dataset"] not in {r["dataset"] for r in rows}] + rows
     out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                                "minutes": args.minutes, "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
     print(f"wrote {out}")

@@ -356,7 +356,8 @@ def _scale_section(run_dir: Path, out_dir: Path) -> tuple[list[Block], dict[str,
               f"(nats/token; {len(result['points'])} points, relative RMS error {law.get('rmse_relative', 0):.2%}). "
               f"Check run {check['layers']} x {check['width']} ({check['parameters']:,} parameters, {check['tokens']:,} "
               f"tokens): {check['loss']:.4f} measured against {check['predicted_loss']:.4f} predicted, "
-              f"{check['relative_error']:.1%} off."),
+              f"{check['relative_error']:.1%} off."
+              + "".join(f" Caution: {note}." for note in result.get("cautions", []))),
         ("table", ["budget (FLOPs)", "shape", "parameters", "tokens", "loss", "bits/byte"],
          [[f"{p['budget']:.2g}", f"{p['layers']} x {p['width']}", f"{p['parameters']:,}", f"{p['tokens']:,}",
            fmt(p["loss"]), fmt(p["bpb"])] for p in result["points"]]),

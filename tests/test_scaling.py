@@ -13,7 +13,20 @@ from conftest import MICRO, invoke
 from llmpipe.config.presets import AUTO_SHAPES
 from llmpipe.core.errors import UserError
 from llmpipe.eval.scaling import Point, fit_law, isoflop_minimum, law, optimal_allocation, power_law, read_fit
-from llmpipe.scale import BUDGET_RATIO, BUDGETS, CHECK_RATIO, MIN_STEPS, SIZES, estimated_seconds, plan_sweep
+from llmpipe.scale import (
+    BUDGET_RATIO,
+    BUDGETS,
+    CHECK_RATIO,
+    MIN_STEPS,
+    SIZES,
+    SUB_SHAPES,
+    SWEEP_SHAPES,
+    cautions,
+    check_shapes,
+    data_limit,
+    estimated_seconds,
+    plan_sweep,
+)
 
 TRUE = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28}
 
@@ -92,6 +105,33 @@ def test_the_sweep_is_sized_to_its_minutes():
             assert p["steps"] * tokens_per_step * p["flops_per_token"] == pytest.approx(flops, rel=0.05)
     check = budgets[-1] * CHECK_RATIO
     assert estimated_seconds(sweep, check, shapes, tokens_per_step) == pytest.approx(600.0, rel=0.05)
+
+
+def test_a_small_corpus_brackets_its_optimum_with_sizes_below_auto_and_keeps_each_point_within_the_data():
+    # Sub-shapes: smaller than model: auto's smallest, valid heads; the sweep tries them first.
+    assert SWEEP_SHAPES[:len(SUB_SHAPES)] == SUB_SHAPES and all(w % h == 0 and w < AUTO_SHAPES[0][1] for _, w, h in SUB_SHAPES)
+    sub = [{"shape": s, "parameters": p, "flops_per_token": 6.0 * p, "step_seconds": 0.02 * p / 1e5}
+           for s, p in zip(SUB_SHAPES, (1.5e4, 2.5e4))]
+    shapes, tokens_per_step, max_tokens = sub + _shapes(), 512, 6e5
+    # The data limit is the check run's (model: auto's shapes): the sub-shapes do not shrink every budget.
+    assert data_limit(shapes, max_tokens) == data_limit(_shapes(), max_tokens)
+    assert all(tuple(s["shape"]) in AUTO_SHAPES for s in check_shapes(shapes))
+    sweep = plan_sweep(shapes, 1e6, tokens_per_step, max_tokens)
+    tried = {tuple(p["shape"]) for _, points in sweep for p in points}
+    assert SUB_SHAPES[0] in tried and len(sweep) == BUDGETS
+    for _, points in sweep:
+        assert all(p["steps"] * tokens_per_step <= max_tokens * 1.0001 for p in points)
+    # The smallest shape would pass over the data too often at the largest budget: left out there only.
+    assert SUB_SHAPES[0] in {tuple(p["shape"]) for p in sweep[0][1]}
+    assert SUB_SHAPES[0] not in {tuple(p["shape"]) for p in sweep[-1][1]}
+
+
+def test_cautions_name_a_loose_fit_an_optimum_outside_the_sizes_and_a_missed_check():
+    tight = {"rmse_relative": 0.01}
+    inside = [{"budget": 1e10}, {"budget": 2e10, "note": "no interior minimum: the best size tried"}]
+    assert cautions(tight, inside, 0.02) == []
+    notes = cautions({"rmse_relative": 0.05}, inside[1:], 0.2)
+    assert len(notes) == 3 and "5.0% RMS" in notes[0] and "outside" in notes[1] and "20%" in notes[2]
 
 
 def test_scale_trains_a_kept_plan_fits_checks_and_resumes(tmp_path: Path):
