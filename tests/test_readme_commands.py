@@ -104,8 +104,8 @@ EXCLUDED = {
         "names the user's own constitution; tests/test_cai.py runs cai with a Markdown constitution and a judge stage folder",
 }
 # Commands whose documented exit code is not 0, and why.
-MICRO_REFUSES = ("a verdict with a no exits 3; the micro model's replies hold no words, which the safety rubric reads as "
-                 "refusing every benign prompt (over-refusal 1.0 above the bound): safer is no")
+MICRO_REFUSES = ("a verdict with a no exits 3; the micro model's replies hold few words, which the safety rubric reads as "
+                 "refusing most benign prompts (over-refusal above the 0.5 bound): safer is no")
 EXIT_CODES = {
     "llmpipe verdict runs/tiny": (3, MICRO_REFUSES),
     "llmpipe verdict runs/tiny --stage sft": (3, MICRO_REFUSES + "; and micro SFT's answer accuracy stays 0: learned is no"),

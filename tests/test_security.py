@@ -61,7 +61,11 @@ def violations(source: str, filename: str) -> list[str]:
             bad(node, "torch.load without weights_only=True unpickles arbitrary code; load safetensors instead")
         if _is_true(keywords.get("trust_remote_code")):
             bad(node, "trust_remote_code=True runs code from a model folder or the Hub")
-        if name.startswith("yaml.") and name not in ("yaml.safe_load", "yaml.safe_dump", "yaml.dump", "yaml.safe_load_all"):
+        # yaml.compose builds only the node tree (line numbers for error messages), never Python objects; with the
+        # SafeLoader its tags are resolved as safe_load resolves them.
+        safe_compose = name in ("yaml.compose", "yaml.compose_all") and _dotted(keywords.get("Loader", ast.Name("?"))) == "yaml.SafeLoader"
+        if name.startswith("yaml.") and name not in ("yaml.safe_load", "yaml.safe_dump", "yaml.dump", "yaml.safe_load_all") \
+                and not safe_compose:
             bad(node, f"{name}: read YAML with yaml.safe_load only (other loaders build arbitrary objects)")
         if _is_true(keywords.get("shell")):
             bad(node, "shell=True: pass a list of arguments, no shell")
@@ -85,10 +89,12 @@ subprocess.run("ls", shell=True)
 os.system("ls")
 os.popen("ls")
 eval("1")
+yaml.compose("a: 1", Loader=yaml.Loader)
 """
     lines = sorted(int(v.split(":")[1]) for v in violations(unsafe, "bad.py"))
-    assert lines == [2, 5, 6, 7, 8, 9, 10, 11, 12]
-    safe = 'import torch, yaml\ntorch.load("x", weights_only=True)\nyaml.safe_load("a: 1")\nmodel.eval()\n'
+    assert lines == [2, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+    safe = ('import torch, yaml\ntorch.load("x", weights_only=True)\nyaml.safe_load("a: 1")\nmodel.eval()\n'
+            'yaml.compose("a: 1", Loader=yaml.SafeLoader)\n')
     assert violations(safe, "good.py") == []
 
 

@@ -4,6 +4,7 @@ question (in a copy's manifests, or through a recipe threshold) gives exit code 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,7 +79,9 @@ def test_thresholds_in_the_recipe_decide(micro_run: Path):
     assert floor.exit_code == 3 and "no on follows instructions" in floor.stderr
     # Without a recipe the stage's recorded thresholds apply: micro's over-refusal bound (0.5) says no.
     recorded = invoke("verdict", str(micro_run))
-    assert recorded.exit_code == 3 and "no on safer" in recorded.stderr and "over-refusal 1.000 → 1.000 (bound 0.5)" in recorded.stdout
+    assert recorded.exit_code == 3 and "no on safer" in recorded.stderr
+    refused = re.search(r"over-refusal [\d.]+ → ([\d.]+) \(bound 0\.5\)", recorded.stdout)
+    assert refused and float(refused.group(1)) > 0.5, recorded.stdout
 
 
 def test_the_run_succeeds_and_its_report_opens_with_the_verdict(micro_run: Path):
