@@ -66,10 +66,12 @@ def write_recipe(path: Path, gguf: Path, args: argparse.Namespace) -> None:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
 
 
-def llmpipe(*args: str) -> float:
-    """Run one llmpipe command to the end (its output shown); its wall seconds."""
+def llmpipe(*args: str, threads: int = 0) -> float:
+    """Run one llmpipe command to the end (its output shown), with `threads` intra-op threads (0: torch's
+    default); its wall seconds."""
     started = time.time()
-    done = subprocess.run([sys.executable, "-m", "llmpipe.cli", *args], cwd=ROOT)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    done = subprocess.run([sys.executable, "-m", "llmpipe.cli", *args], cwd=ROOT, env=env)
     if done.returncode != 0:
         sys.exit(f"llmpipe {args[0]} failed with exit code {done.returncode}")
     return time.time() - started
@@ -91,7 +93,12 @@ def main() -> None:
     parser.add_argument("--generation-batch", type=int, default=8)
     parser.add_argument("--suite-sample", type=int, default=48, help="prompts per suite (0: all 180 / 176)")
     parser.add_argument("--suite-tokens", type=int, default=96, help="cap on tokens per suite reply")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    # fp32: on this model bf16 autocast generated 4 replies x 64 tokens in 105 s against fp32's 73 s (same
+    # shared 2 cores) and changed greedy replies for the worse ("capital of France" -> French word salad).
+    parser.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp32"))
+    # 1 thread: with the 2 cores shared by other jobs (load average ~7), 4 replies x 32 tokens took 133 s at
+    # torch's 2 threads and 5.7 s at 1 (OpenMP threads spin-waiting on oversubscribed cores). 0: torch's default.
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the llmpipe commands (0: default)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-cai")
     args = parser.parse_args()
 
@@ -103,8 +110,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         recipe = Path(scratch) / "cai.yaml"
         write_recipe(recipe, gguf, args)
-        seconds = {"base": llmpipe("base", str(recipe), "--out", str(args.out)),
-                   "cai": llmpipe("align", str(recipe), "--out", str(args.out))}
+        seconds = {"base": llmpipe("base", str(recipe), "--out", str(args.out), threads=args.threads),
+                   "cai": llmpipe("align", str(recipe), "--out", str(args.out), threads=args.threads)}
     manifest = json.loads((args.out / "cai" / "manifest.json").read_text(encoding="utf-8"))
     metrics, generated = manifest["metrics"], manifest["generation"]
     rows = [(label, metrics.get(f"{key}_before"), metrics.get(key)) for key, label in (

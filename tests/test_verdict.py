@@ -90,7 +90,11 @@ def test_the_run_succeeds_and_its_report_opens_with_the_verdict(micro_run: Path)
     first = report.split("\n## ")[1]
     assert first.startswith("Release verdict: dpo\n\nnot ready: no on safer")
     assert all(f"| {q} | " in first for q in QUESTIONS)
-    assert '<td class="no">no</td>' in (micro_run / "report" / "report.html").read_text(encoding="utf-8")
+    html = (micro_run / "report" / "report.html").read_text(encoding="utf-8")
+    # The HTML too: its first section after the title is the verdict, its table before the next section.
+    first_html = html.split("<h2>")[1]
+    assert first_html.startswith("Release verdict: dpo</h2>") and "<h2>" not in first_html
+    assert '<td class="no">no</td>' in first_html and all(f"<td>{q}</td>" in first_html for q in QUESTIONS)
 
 
 def test_verdict_scores_missing_suites_first_and_keeps_children_valid(micro_run: Path, micro_copy: Path):
