@@ -11,7 +11,7 @@ token, pretraining bits per byte, SFT held-out loss, DPO implicit-reward, per-to
 log-likelihood accuracy) and the samples each stage logged before and after training.
 
 Not part of `make test` or `make bench`: on 2 CPU cores shared with other jobs (OMP_NUM_THREADS=1) the
-`run` took 17 minutes and the SmolLM2 DPO over 25 (README, Your own data); tests/test_own_data.py checks
+`run` took 17 minutes and the SmolLM2 DPO 30, 47 in all (README, Your own data); tests/test_own_data.py checks
 in seconds that the block parses and that each command resolves. Run:
     python bench/own_data.py                   # writes bench/results/own_data.json
     python bench/own_data.py --keep runs/own   # keep the scratch folder (run folders, reports) there
