@@ -242,6 +242,16 @@ def prompt_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
     return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False))
 
 
+def reply_suffix_length(tokenizer: Any) -> int:
+    """Tokens the chat template adds after a reply's text when the conversation is rendered whole (the
+    end-of-turn token and what follows it): what a reward model sees beyond the generated tokens, since TRL's
+    RL trainers decode each completion without special tokens and render prompt + completion again."""
+    prompt = [{"role": "user", "content": "Hi"}]
+    text = tokenizer.encode("x", add_special_tokens=False)
+    whole = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": "x"}], tokenize=True, return_dict=False)
+    return max(0, len(whole) - prompt_length(tokenizer, prompt) - len(text))
+
+
 def fit_prompt(tokenizer: Any, messages: list[dict[str, str]], budget: int) -> list[dict[str, str]] | None:
     """The prompt's most recent turns that fit in `budget` tokens, or None when even its last message does not.
 

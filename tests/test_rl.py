@@ -133,6 +133,9 @@ def test_rlhf_trains_a_reward_model_then_the_policy(rlhf_run: Path):
     rm = reward["metrics"]
     assert rm["preference_rows"] == 16 and 0 <= rm["pairwise_accuracy_before"] <= 1 and 0 <= rm["pairwise_accuracy"] <= 1
     assert reward["summary"]["metric"]["name"] == "held-out pairwise accuracy" and reward["summary"]["steps"] == 4
+    assert "only as far as this accuracy is above chance" in reward["summary"]["metric"]["why"]
+    # The prompts leave room for the reply's end (`<|end|>` and a newline) as the reward model scores it.
+    assert policy["data"]["prompts_fitted"]["budget_tokens"] == 256 - 8 - 2
     assert reward["gate"] is None  # a classifier is not gated on likelihoods
     pm = policy["metrics"]
     assert pm["algorithm"] == "rloo" and pm["rewards"] == ["reward_model"] and pm["heldout_prompts"] == 8
@@ -260,3 +263,17 @@ def test_rl_prompts_longer_than_the_context_lose_their_oldest_turns(micro_copy: 
     assert len(prompts) == 8 and all(prompt_length(tokenizer, p) <= 248 for p in prompts)
     assert sum(len(p) < 7 and p[0]["role"] == "user" for p in prompts) >= 4
 
+
+
+def test_reply_suffix_length_is_what_the_template_adds_after_a_reply(micro_run: Path):
+    # TRL renders prompt + completion again for the reward model, without truncating: these tokens come on top
+    # of the prompt and the generated reply (hh-helpful from the own-data SFT failed at 258 of 256 positions).
+    from transformers import AutoTokenizer
+
+    from llmpipe.chat_format import prompt_length, reply_suffix_length
+
+    tokenizer = AutoTokenizer.from_pretrained(micro_run / "sft")
+    prompt, reply = [{"role": "user", "content": "What colour is the kettle?"}], "The kettle is blue."
+    whole = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": reply}], tokenize=True, return_dict=False)
+    assert reply_suffix_length(tokenizer) == 2
+    assert len(whole) == prompt_length(tokenizer, prompt) + len(tokenizer.encode(reply, add_special_tokens=False)) + 2

@@ -20,6 +20,12 @@ from llmpipe.runs.context import StageContext
 from llmpipe.train.args import limit_rows, training_arguments
 from llmpipe.train.fit import build_trainer, finish, fit
 
+# Said under the headline in the summary and the report: a policy's win rate under this model is only as good
+# as this accuracy (on hh-helpful the tiny chain's reward model stayed near chance: README, Preference measures).
+REWARD_WHY = ("it is what the reward model is trained for: scoring the chosen reply of a held-out pair above the "
+              "rejected one (0.5 is chance). The RL policy's win rate is judged by this model, so it means something "
+              "only as far as this accuracy is above chance.")
+
 
 def load_reward_model(folder: Path) -> tuple[Any, Any]:
     """(model, tokenizer) of a finished reward stage folder, ready to score conversations."""
@@ -70,7 +76,8 @@ def train(ctx: StageContext) -> Path:
     }
     say(f"reward: held-out pairwise accuracy {fmt_number(before.get('accuracy'))} -> {fmt_number(after['accuracy'])} "
         f"on {after['rows']} pairs")
-    metric = {"name": "held-out pairwise accuracy", "before": before.get("accuracy"), "after": after["accuracy"]}
+    metric = {"name": "held-out pairwise accuracy", "before": before.get("accuracy"), "after": after["accuracy"],
+              "why": REWARD_WHY}
     heldout = [("reward-validation", ctx.spec.data, limit_rows(data.validation, cfg))]
     # Not gated against the SFT model (registry: gated=False): the gate compares likelihoods and
     # generations, and a reward model has neither; its pairwise accuracy above is what it is judged by.

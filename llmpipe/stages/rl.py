@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from llmpipe.chat_format import fit_prompt, load_chat_tokenizer, set_generation_stops, stop_token_ids
+from llmpipe.chat_format import fit_prompt, load_chat_tokenizer, reply_suffix_length, set_generation_stops, stop_token_ids
 from llmpipe.core.console import fmt_number, say
 from llmpipe.core.errors import UserError
 from llmpipe.data.pipeline import heldout_texts, load_rows
@@ -75,10 +75,18 @@ def fit_prompts(tokenizer: Any, rows: list[dict[str, Any]], budget: int) -> tupl
     return kept, {"rows": len(rows), "shortened": shortened, "dropped": len(rows) - len(kept)}
 
 
-def _fitted(ctx: StageContext, tokenizer: Any, policy: Any, data: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _fitted(ctx: StageContext, tokenizer: Any, policy: Any, data: Any,
+            reward_model: Any = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The train and validation prompt rows fitted to the policy's context less align.max_new_tokens, the counts
-    recorded in the manifest's data report (`prompts_fitted`); a UserError when no training prompt fits."""
+    recorded in the manifest's data report (`prompts_fitted`); a UserError when no training prompt fits.
+
+    With a reward model the budget also leaves room for the tokens the chat template adds after a reply, and
+    is cut to the reward model's context if that is shorter: TRL scores each prompt + completion rendered
+    whole and does not truncate it (on hh-helpful from the own-data run's SFT, a 232-token prompt with a
+    24-token reply plus `<|end|>` and a newline came to 258 tokens and failed past GPT-2's 256 positions)."""
     cfg, context = ctx.cfg, model_context(policy.config)
+    if reward_model is not None:
+        context = min(context, model_context(reward_model.config)) - reply_suffix_length(tokenizer)
     budget = context - cfg.max_new_tokens
     if budget < 1:
         raise UserError(f"is {cfg.max_new_tokens}: no room is left for a prompt in the model's context of {context} tokens",
@@ -89,7 +97,8 @@ def _fitted(ctx: StageContext, tokenizer: Any, policy: Any, data: Any) -> tuple[
     for name, counts in (("training", train_counts), ("validation", validation_counts)):
         if counts["shortened"] or counts["dropped"]:
             say(f"{ctx.spec.name}: {counts['shortened']} of {counts['rows']} {name} prompts lost their oldest turns and "
-                f"{counts['dropped']} were left out, to fit {budget} tokens (context {context} less align.max_new_tokens)")
+                f"{counts['dropped']} were left out, to fit {budget} tokens (the context less align.max_new_tokens"
+                f"{' and the end of a reply, as the reward model scores it' if reward_model is not None else ''})")
     for rows, files in ((train_rows, cfg.train_files), (validation, cfg.validation_files or cfg.train_files)):
         if not rows:
             raise UserError(f"no prompt fits the model's context of {context} tokens less align.max_new_tokens "
@@ -113,8 +122,6 @@ def train(ctx: StageContext) -> Path:
     # (with LoRA there is no copy: the reference is the policy with its adapters disabled).
     policy = load_model(parent_dir, ctx)
     set_generation_stops(policy, tokenizer)  # else sampling runs to max_new_tokens every time
-    train_rows, validation = _fitted(ctx, tokenizer, policy, data)
-
     reward_model = reward_tokenizer = None
     funcs: list[Any] = []
     if reward_dir is not None:
@@ -123,6 +130,7 @@ def train(ctx: StageContext) -> Path:
         ctx.manifest.reward_model = StageRef(path=str(reward_dir.resolve()), stage=REWARD_MODEL,
                                              manifest_sha256=manifest_sha(reward_dir))
     funcs += reward_functions(rules, stop_token_ids(policy))
+    train_rows, validation = _fitted(ctx, tokenizer, policy, data, reward_model)
 
     config_class, trainer_class = ALGORITHMS[algorithm]
     args = training_arguments(
