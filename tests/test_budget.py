@@ -18,11 +18,14 @@ from llmpipe.config.schema import PretrainConfig
 from llmpipe.core.errors import UserError
 from llmpipe.train.budget import (
     CHINCHILLA_TOKENS_PER_PARAM,
+    FEW_BUDGET_STEPS,
     FULL_VALUE_EPOCHS,
     Speed,
     cadence,
     effective_tokens,
+    few_steps_warning,
     predicted_loss,
+    read_plan,
     steps_in_time,
 )
 from llmpipe.train.optim import MuonWithAdamW, muon_parameters, schedule_arguments
@@ -194,3 +197,12 @@ def test_a_time_budget_is_measured_and_a_resumed_run_keeps_its_plan(micro_run: P
     # The same plan, not a new measurement (which would differ in its timings), and its steps trained.
     assert manifest["budget"] == plan
     assert manifest["summary"]["steps"] == plan["steps"]
+
+
+def test_a_time_budget_that_buys_few_steps_is_warned_about():
+    plan = read_plan({"kind": "time_budget", "value": 160, "steps": 51, "tokens_per_step": 4096, "warmup_steps": 5,
+                      "eval_every": 13, "save_every": 13, "log_every": 5, "learning_rate": 8e-3, "step_seconds": 2.6})
+    assert "only 51 steps fit in 160 s on this machine now (2.60 s a step)" in few_steps_warning(plan)
+    plenty = read_plan({**plan.record(), "steps": FEW_BUDGET_STEPS})
+    tokens = read_plan({**plan.record(), "kind": "tokens", "value": 51 * 4096})
+    assert few_steps_warning(plenty) is None and few_steps_warning(tokens) is None

@@ -20,7 +20,7 @@ from llmpipe.eval.scaling import read_fit
 from llmpipe.models import build_config, count_parameters, flops_per_token, model_context
 from llmpipe.runs.context import StageContext
 from llmpipe.train.args import placement, training_arguments
-from llmpipe.train.budget import Plan, apply_plan, budget_kind, plan_budget, read_plan
+from llmpipe.train.budget import Plan, apply_plan, budget_kind, few_steps_warning, plan_budget, read_plan
 from llmpipe.train.fit import build_trainer, finish, fit
 from llmpipe.train.lora import load_model
 
@@ -148,6 +148,9 @@ def _plan(ctx: StageContext, tokenizer: Any, model: Any, train_blocks: Any, val_
                        scaling_fit=read_fit(cfg.scaling_fit) if cfg.scaling_fit else None,
                        processes=processes)
     say(f"pretrain: {plan.why} (measured in {plan.measure_seconds:.1f} s)")
+    warning = few_steps_warning(plan)
+    if warning:
+        say(f"pretrain: warning: {warning}")
     ctx.manifest.budget = plan.record()
     ctx.writer.save_manifest()
     return plan

@@ -41,6 +41,9 @@ from llmpipe.train.optim import MuonWithAdamW, muon_parameters
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 # Muennighoff et al. 2023: repeating data up to ~4 epochs is about as good as new data; past that it fades.
 FULL_VALUE_EPOCHS = 4.0
+# A time budget that buys fewer steps than this gets a warning: on the 2 cores shared with other jobs the demo's
+# 160 s fitted 1-51 steps where the quiet machine fits 219 (issue 18's own-data runs).
+FEW_BUDGET_STEPS = 100
 # Evaluations during a budgeted run (the eval cadence is steps / EVALUATIONS unless the recipe gives eval_every).
 EVALUATIONS = 4
 # Warmup as a share of a budgeted run's steps (unless the recipe gives warmup_steps), at least MIN_WARMUP.
@@ -268,6 +271,15 @@ def plan_budget(cfg: TrainConfig, *, given: tuple[str, ...], section: str, model
                 eval_batch_seconds=None if speed is None else round(speed.eval_batch_seconds, 5),
                 measure_seconds=round(time.perf_counter() - started, 2), shape=chosen_shape, candidates=candidates,
                 why=why)
+
+
+def few_steps_warning(plan: Plan) -> str | None:
+    """What to say when a time budget bought so few steps that the run will hardly train, else None."""
+    if plan.kind != "time_budget" or plan.steps >= FEW_BUDGET_STEPS:
+        return None
+    return (f"only {plan.steps} steps fit in {plan.value:g} s on this machine now ({plan.step_seconds or 0:.2f} s a step); "
+            "if other jobs share its cores, OMP_NUM_THREADS=1 or a quieter machine fits more, and pretrain.tokens fixes "
+            "the amount of training whatever the machine's speed")
 
 
 def read_plan(recorded: dict[str, Any]) -> Plan:
