@@ -275,7 +275,7 @@ def _vocabulary(writer: Any, tokenizer: Any, folder: Path, vocab_size: int, pre:
     # Written by hand rather than with gguf.vocab.BpeVocab: that class types a special token that is also
     # in the BPE vocabulary (llmpipe's <|end|>, SmolLM's <|im_end|>) as NORMAL, and llama.cpp would then
     # neither parse it in a prompt nor treat it as control. Rows past the tokenizer (embeddings padded to
-    # a round size) get placeholder names, as llama.cpp's converter writes them.
+    # a round size) are named [PAD<id>], as llama.cpp's converter names them.
     for i in range(vocab_size):
         if i not in by_id:
             tokens.append(f"[PAD{i}]")
