@@ -96,6 +96,13 @@ EXCLUDED = {
     "llmpipe scale pretrain.train_files=../shared/data/tinyshakespeare.train.jsonl "
     "pretrain.validation_files=../shared/data/tinyshakespeare.validation.jsonl --out runs/shakespeare":
         "a 15-minute sweep by design; bench/scaling.py runs it on tinyshakespeare",
+    "llmpipe align recipes/rlhf.yaml --from runs/real/sft --out runs/real-rlhf "
+    "reward.train_files=../shared/data/hh_helpful_base.train.jsonl "
+    "reward.validation_files=../shared/data/hh_helpful_base.validation.jsonl reward.max_length=256 "
+    "align.train_files=../shared/data/hh_helpful_base.train.jsonl align.validation_files=../shared/data/hh_helpful_base.validation.jsonl "
+    "align.max_length=256":
+        "starts from runs/real/sft, which only the own-data block makes (bench/own_data.py, tens of minutes); its figures "
+        "were taken by running it after bench/own_data.py --keep; tests/test_rl.py runs rlhf with fitted prompts on micro",
     "llmpipe align recipes/tiny.yaml --method cai align.cai.train=dpo --out runs/cai-dpo --from runs/tiny/sft":
         "the micro model's greedy replies are the same few tokens whatever it is asked, so no revision differs from its "
         "draft and DPO has no pair (exit 2, as it should); tests/test_cai.py trains cai with align.cai.train=dpo on "
@@ -224,6 +231,9 @@ def _sandbox(root: Path, micro_run: Path) -> Path:
         own = yaml.safe_load(path.read_text(encoding="utf-8"))
         # micro's step counts, not the demo's time budget (which would replace them: 160 s of pretraining).
         own.get("pretrain", {}).pop("time_budget", None)
+        # micro's DPO too: runs/tiny is a copy of the micro run, trained without the demo's RPO (its stages would
+        # otherwise differ in align.rpo_alpha). tests/test_recipes.py loads the real tiny.yaml with every method.
+        own.get("align", {}).pop("rpo_alpha", None)
         (repo / "recipes" / path.name).write_text(yaml.safe_dump({**_overlay(own, micro), "name": own["name"]}, sort_keys=False))
     if (ROOT.parent / "shared").is_dir():
         (root / "shared").symlink_to(ROOT.parent / "shared", target_is_directory=True)

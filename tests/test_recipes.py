@@ -18,6 +18,7 @@ from llmpipe.config import Recipe, load_recipe, same_settings
 from llmpipe.config.paths import PATH_RULE, embedded_data, portable, resolve
 from llmpipe.config.recipes import builtin_recipes, describe, find_recipe
 from llmpipe.core.errors import UserError
+from llmpipe.registry import ALIGN_METHODS
 
 BUILT_IN = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
 
@@ -62,6 +63,15 @@ def test_every_built_in_recipe_loads_by_name_from_another_folder(name, elsewhere
         config = getattr(recipe, section)
         for path in [*config.train_files, *config.validation_files, *getattr(config, "probes", [])]:
             assert Path(path).is_file() and Path(path).parent == embedded_data(), (section, path)
+
+
+def test_the_demo_recipe_loads_with_every_align_method():
+    # tiny.yaml sets DPO's rpo_alpha; the README runs `llmpipe align tiny --method kto` (and cai, rlhf, ...) on it.
+    assert load_recipe("tiny").align.rpo_alpha == 0.3
+    for method in ALIGN_METHODS:
+        assert load_recipe("tiny", [f"align.method={method}"]).align.method == method
+    with pytest.raises(UserError, match="loss_type sft leaves no DPO loss"):
+        load_recipe("tiny", ["align.loss_type=sft"])
 
 
 def test_a_recipe_file_by_path_wins_over_a_name(elsewhere):

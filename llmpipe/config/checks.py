@@ -113,9 +113,11 @@ def check_preference(recipe: Recipe) -> None:
     al = recipe.align
     _need(recipe, al.loss_type not in NEEDS_LABEL_SMOOTHING or al.label_smoothing > 0, "align.label_smoothing",
           f"loss_type {al.loss_type} needs label_smoothing > 0 (e.g. 0.1: the assumed share of flipped labels)")
-    # DEFAULT_METHOD is DPO, the method whose loss types TRL combines with loss_weights.
-    _need(recipe, al.rpo_alpha == 0 or (al.method == DEFAULT_METHOD and al.loss_type != SFT_LOSS), "align.rpo_alpha",
-          f"adds TRL's {SFT_LOSS} loss to a DPO loss: it needs method {DEFAULT_METHOD} and a loss_type other than {SFT_LOSS}")
+    # DEFAULT_METHOD is DPO, the method whose loss types TRL combines with loss_weights. Other methods do not read
+    # rpo_alpha (nor loss_type), so that one recipe (the demo's sets 0.3) also serves `align --method kto` or cai.
+    _need(recipe, al.rpo_alpha == 0 or al.method != DEFAULT_METHOD or al.loss_type != SFT_LOSS, "align.rpo_alpha",
+          f"adds TRL's {SFT_LOSS} loss beside the DPO loss, and loss_type {SFT_LOSS} leaves no DPO loss: set rpo_alpha 0 "
+          "or another loss_type")
     # KTO (the method on unpaired rows) estimates its KL term from the other rows of the batch.
     # (Method cai trains on unpaired rows when align.cai.train names the stage that does.)
     spec = stage_spec(al.method)

@@ -288,7 +288,7 @@ class AlignConfig(TrainConfig):
         "chosen replies along with the rejected ones; this holds the chosen ones up, the align stages' counterpart of "
         "sft.replay_fraction. Measured on the demo (README, Forgetting and replay): 0.3 halved the rise of SFT's chat "
         "loss (+109% -> +51%) at the same implicit-reward accuracy (0.82); 3 cut it to +39% but the accuracy fell to "
-        "0.71. 0: off (the default, so that finished DPO stages stand).", ge=0)
+        "0.71. 0: off (the default, so that finished DPO stages stand). Other methods do not use it.", ge=0)
     desirable_weight: float = setting(1.0, "KTO: loss weight of desirable rows, to balance unequal counts "
                                       "(KTO paper, eq. 8).", gt=0)
     undesirable_weight: float = setting(1.0, "KTO: loss weight of undesirable rows, to balance unequal "
