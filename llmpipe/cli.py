@@ -6,6 +6,7 @@ Thin on purpose: it parses arguments, loads the recipe and calls a stage's `run`
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,34 +14,76 @@ from typing import Annotated, Any
 
 import typer
 
-from llmpipe import __version__
-from llmpipe.cli_common import DebugOpt, DeviceOpt, FromOpt, OutOpt, RecipeArg, RestartOpt, TrustOpt, echo, guard, load, run_dir_for
-from llmpipe.cli_tools import register
+from llmpipe.cli_common import (
+    CHAT_SECTION,
+    BatchSizeOpt,
+    ChatDeviceOpt,
+    CheckpointArg,
+    DebugOpt,
+    DeviceOpt,
+    FromOpt,
+    MaxNewTokensOpt,
+    MethodOpt,
+    OutOpt,
+    PromptsOpt,
+    RawOpt,
+    RecipeArg,
+    RepliesOpt,
+    RestartOpt,
+    RewardModelOpt,
+    RLOpt,
+    SeedOpt,
+    SourceOpt,
+    TemperatureOpt,
+    TopPOpt,
+    TrustOpt,
+    app,
+    data_app,
+    echo,
+    guard,
+    run_dir_for,
+    split_args,
+)
 from llmpipe.core.console import is_main_process, quiet_libraries
 from llmpipe.core.errors import EXIT_USER_ERROR, UserError
-from llmpipe.registry import ALIGN_METHODS, BASE, RL_ALGORITHMS, RUN_ORDER, stage_for, stage_spec
-
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help=f"Train a language model from raw text to an aligned chat model: {' → '.join(RUN_ORDER)}. (llmpipe {__version__})",
-)
-data_app = typer.Typer(no_args_is_help=True, help="Data tools.")
-app.add_typer(data_app, name="data")
+from llmpipe.registry import BASE, RUN_ORDER, stage_for, stage_spec
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"llmpipe {__version__}")
-        raise typer.Exit()
+def load(args: list[str] | None, stage: str | None, device: str | None, training: bool = True) -> Any:
+    from llmpipe.config import STAGE_SECTIONS, load_recipe
+
+    recipe_path, overrides = split_args(args)
+    if device:
+        overrides.append(f"device={device}")
+    for extra in overrides:
+        if "=" not in extra:
+            raise UserError(f"'{extra}' is not key=value (only the first argument can be a recipe)",
+                            hint="write overrides like pretrain.max_steps=10")
+    recipe = load_recipe(recipe_path, overrides, stage=stage)
+    sections = [stage] if stage else list(STAGE_SECTIONS)
+    quantized = [s for s in sections if getattr(getattr(getattr(recipe, s, None), "lora", None), "quantize", "none") != "none"]
+    if recipe.device != "auto" or recipe.precision != "auto" or (quantized and training):
+        # Checked before any stage runs, so `run --device cuda` (or QLoRA) on a CPU box fails in a second.
+        from llmpipe.train.args import check_quantization, placement
+
+        placement(recipe)
+        for section in quantized if training else []:
+            check_quantization(recipe, section)
+    if training and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # A DeepSpeed JSON that disagrees with the recipe fails here, not when a later stage builds its trainer.
+        from llmpipe.train.args import placement
+        from llmpipe.train.launch import check_deepspeed
+
+        check_deepspeed(recipe, trained_sections(recipe, stage), placement(recipe)["bf16"])
+    return recipe
 
 
-@app.callback()
-def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                   help="Print llmpipe's version and exit.")] = False) -> None:
-    # The app's own options; each command does the work.
-    pass
+def trained_sections(recipe: Any, stage: str | None) -> list[str]:
+    """The recipe sections a command trains: its own (align: with what its method trains first), or `run`'s."""
+    sections = [stage] if stage else list(RUN_ORDER)
+    if "align" in sections:
+        sections += [stage_spec(first).section for first in stage_for("align", recipe.align.method).trains_first]
+    return sections
 
 
 def _stage_command(section: str, args: list[str] | None, out: Path | None, parent: Path | None,
@@ -80,8 +123,6 @@ for _section in RUN_ORDER:
     if not stage_for(_section).method:
         app.command(_section)(_section_command(_section))
 
-SourceOpt = Annotated[str | None, typer.Option("--from", help="The model: a Hugging Face folder, hf:ORG/NAME[@REVISION] "
-                                               "or a .gguf file (default: the recipe's base).")]
 
 
 @app.command(stage_spec(BASE).section)
@@ -91,12 +132,6 @@ def base(args: RecipeArg = None, source: SourceOpt = None, out: OutOpt = None, r
     recorded); every later stage can start from it, and `llmpipe run` on a recipe with `base:` does."""
     _stage_command(stage_spec(BASE).section, args, out, Path(source) if source else None, restart, None, debug,
                    trust=trust_remote_code)
-
-
-MethodOpt = Annotated[str | None, typer.Option(help=f"Align method: {', '.join(ALIGN_METHODS)} (default: the recipe's).")]
-RLOpt = Annotated[str | None, typer.Option("--rl", help=f"RL algorithm of an RL method with a reward model: {' or '.join(RL_ALGORITHMS)} "
-                                           "(default: the recipe's).")]
-RewardModelOpt = Annotated[str | None, typer.Option("--reward-model", help="A finished reward stage folder (rlhf: not trained then).")]
 
 
 @app.command()
@@ -262,8 +297,193 @@ def verdict(
 
 
 
-# The tools beside training (keys, recipes, data, chat, generate, export), listed after the stages.
-register(app, data_app)
+def keys(
+    grep: Annotated[str | None, typer.Option("--grep", help="Only the keys whose line holds TEXT (any case), e.g. lora.")] = None,
+) -> None:
+    """List every recipe key, one per line: its default, range or choices, and what it does."""
+
+    def action() -> None:
+        from llmpipe.config import key_docs
+
+        docs = key_docs(grep)
+        if not docs:
+            raise UserError(f"no key matches {grep!r}", field="--grep", hint="run 'llmpipe keys' to list them all")
+        for doc in docs:
+            typer.echo(doc.line())
+
+    guard(False, action)
+
+
+def recipes(
+    name: Annotated[str | None, typer.Argument(help="A built-in recipe to print, e.g. to copy and edit.", show_default=False)] = None,
+) -> None:
+    """List the built-in recipes, one line each (run one by name: llmpipe run tiny); with NAME, print it."""
+
+    def action() -> None:
+        from llmpipe.config.recipes import builtin_recipes, describe, find_recipe
+
+        known = builtin_recipes()
+        if name is not None:
+            # find_recipe gives the one-line error (with the nearest name) for one that is not built in.
+            path = known[name] if name in known else find_recipe(name)
+            typer.echo(path.read_text(encoding="utf-8"), nl=False)
+            return
+        width = max(map(len, known), default=0)
+        for recipe_name, path in known.items():
+            typer.echo(f"{recipe_name:<{width}}  {describe(path)}")
+
+    guard(False, action)
+
+
+def data_check(
+    args: RecipeArg = None,
+    stage: Annotated[str, typer.Option(help=f"The recipe section whose data to check: {', '.join(RUN_ORDER)}.")] = CHAT_SECTION,
+    out: OutOpt = None,
+    tokenizer_dir: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: the run's).")] = None,
+    examples: Annotated[int, typer.Option(help="Rows to show rendered as trained.")] = 3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Dry-run one stage's data: rows, drops by reason, token lengths, truncation, rendered examples."""
+
+    def action() -> None:
+        from llmpipe.data.check import check, format_report
+
+        if stage not in RUN_ORDER:
+            raise UserError(f"unknown stage '{stage}'", field="--stage", hint=f"use one of {', '.join(RUN_ORDER)}")
+        recipe = load(args, stage, None, training=False)
+        quiet_libraries()
+        result = check(recipe, stage, run_dir_for(recipe, out), tokenizer_dir, examples)
+        if json_out is not None:
+            import json
+
+            json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        echo(format_report(result))
+
+    guard(debug, action)
+
+
+def data_synth(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")] = Path("data"),
+               seed: Annotated[int, typer.Option(help="World and sampling seed.")] = 0) -> None:
+    """Regenerate the embedded datasets (pretrain/sft/prefs, train and validation) deterministically."""
+    from llmpipe.data.synth import generate
+
+    for name, rows in generate(out, seed=seed).items():
+        typer.echo(f"{out / name}: {rows} rows")
+
+
+def data_suites(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")] = Path("data/suites")) -> None:
+    """Regenerate the shipped instruction-following and safety suites and their README (data/suites)."""
+    from llmpipe.eval.suite_data import write_suites
+
+    for name, rows in write_suites(out).items():
+        typer.echo(f"{out / name}: {rows} prompts")
+
+
+def chat(checkpoint: CheckpointArg, system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+         max_new_tokens: MaxNewTokensOpt = 128, temperature: TemperatureOpt = 0.7, top_p: TopPOpt = 0.95,
+         seed: SeedOpt = 0, device: ChatDeviceOpt = "auto", debug: DebugOpt = False) -> None:
+    """Chat with a checkpoint: one user message per line on stdin; /reset clears the history, /exit quits."""
+
+    def action() -> None:
+        from llmpipe.chat import ChatSession, Sampling, chat_loop
+        from llmpipe.loading import load_checkpoint
+
+        sampling = Sampling(max_new_tokens, temperature, top_p, seed)
+        sampling.check()
+        quiet_libraries()
+        model, tokenizer = load_checkpoint(checkpoint, device, need_template=True)
+        session = ChatSession(model, tokenizer, sampling, system)
+        interactive = sys.stdin.isatty()
+        if interactive:
+            typer.echo(f"chatting with {checkpoint}; /reset clears the history, /exit quits", err=True)
+
+        def read_line() -> str:
+            if interactive:
+                typer.echo("> ", nl=False, err=True)
+            return sys.stdin.readline()
+
+        chat_loop(session, read_line, typer.echo, lambda text: typer.echo(text, err=True))
+
+    guard(debug, action)
+
+
+def generate(checkpoint: CheckpointArg, prompts: PromptsOpt, out: RepliesOpt = None, max_new_tokens: MaxNewTokensOpt = 128,
+             temperature: TemperatureOpt = 0.7, top_p: TopPOpt = 0.95, seed: SeedOpt = 0, batch_size: BatchSizeOpt = 16,
+             raw: RawOpt = False, device: ChatDeviceOpt = "auto", debug: DebugOpt = False) -> None:
+    """Generate a reply to every prompt of a file; writes JSONL rows {prompt, reply}."""
+
+    def action() -> None:
+        import json
+
+        from llmpipe.chat import Sampling, generate_rows, read_prompts
+        from llmpipe.loading import load_checkpoint
+
+        sampling = Sampling(max_new_tokens, temperature, top_p, seed)
+        sampling.check()
+        if out is not None and not out.parent.is_dir():
+            raise UserError("output folder does not exist", file=str(out.parent))
+        rows = read_prompts(prompts, raw)
+        quiet_libraries()
+        model, tokenizer = load_checkpoint(checkpoint, device, need_template=not raw)
+        lines = (json.dumps(row, ensure_ascii=False) for row in generate_rows(model, tokenizer, rows, sampling, batch_size, raw))
+        if out is None:
+            for line in lines:
+                typer.echo(line)
+            return
+        text = "".join(line + "\n" for line in lines)
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write: {e.strerror}", file=str(out)) from None
+        typer.echo(f"{out}: {len(rows)} replies", err=True)
+
+    guard(debug, action)
+
+
+def export_checkpoint(
+    checkpoint: Annotated[Path, typer.Argument(help="A finished stage folder, or with --merge a LoRA adapter folder.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new or empty).", show_default=False)],
+    merge: Annotated[bool, typer.Option("--merge", help="Merge a LoRA adapter (CHECKPOINT, or its adapter/) into its base.")] = False,
+    base: Annotated[Path | None, typer.Option("--base", help="With --merge: the adapter's base model (default: the one it names).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="hf: a Hugging Face folder; gguf: a GGUF file and an Ollama Modelfile.")] = "hf",
+    quant: Annotated[str | None, typer.Option("--quant", help="With --format gguf: f16 (default) or q8_0.", show_default=False)] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a plain Hugging Face model folder (safetensors, config, tokenizer, chat template; no llmpipe
+    files), or with --format gguf a GGUF file and an Ollama Modelfile; either is checked to give the
+    same logits as its source."""
+
+    def action() -> None:
+        from llmpipe.export_gguf import check_request
+
+        quant_type = check_request(fmt, quant)
+        quiet_libraries()
+        if quant_type is not None:
+            from llmpipe.export_gguf import export_gguf
+
+            result = export_gguf(checkpoint, out, quant_type, merge, base)
+            typer.echo(f"{result['file']}: {result['architecture']} GGUF, {result['quant']}, {result['bytes'] / 1e6:.1f} MB "
+                       f"({', '.join(f'{n} {t}' for t, n in sorted(result['tensor_types'].items()))} tensors), "
+                       f"pre-tokenizer {result['pre_tokenizer']}; read back through transformers: max logit difference "
+                       f"{result['max_logit_diff']:.2g} ({result['relative_logit_diff']:.2g} of the largest logit, "
+                       f"tolerance {result['tolerance']}), same token ids and chat rendering")
+            typer.echo(f"{result['out']}/Modelfile: {result['modelfile']}")
+            return
+        from llmpipe.export import export
+
+        result = export(checkpoint, out, merge, base)
+        merged = f", adapter merged into {result['merged_into']}" if result["merged_into"] else ""
+        typer.echo(f"{result['out']}: {', '.join(result['files'])}{merged}; max logit difference {result['max_logit_diff']:.2g}")
+
+    guard(debug, action)
+
+
+# The tools beside training, listed after the stages.
+for _name, _command in (("keys", keys), ("recipes", recipes), ("chat", chat), ("generate", generate), ("export", export_checkpoint)):
+    app.command(_name)(_command)
+for _name, _command in (("check", data_check), ("synth", data_synth), ("suites", data_suites)):
+    data_app.command(_name)(_command)
 
 
 def main() -> None:

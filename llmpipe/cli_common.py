@@ -1,8 +1,7 @@
-"""Plumbing shared by the command-line modules (llmpipe.cli, llmpipe.cli_tools): the recipe argument and
-common options, recipe loading with the checks that must fail before any stage runs, and the guard that turns a
-UserError into one line and exit code 2.
-
-Heavy libraries are imported inside functions, as in llmpipe.cli, so `llmpipe --help` stays fast.
+"""The command line's declarations, apart from its commands (llmpipe.cli) so that each file stays short: the
+`llmpipe` app and its `data` group, every command's argument and option types with their help, the guard that
+turns a UserError into one line and exit code 2, and small helpers. It imports nothing heavy and nothing lazily;
+the commands in llmpipe.cli import what they run inside themselves, so `llmpipe --help` stays fast.
 """
 
 from __future__ import annotations
@@ -14,9 +13,33 @@ from typing import Annotated, Any
 
 import typer
 
+from llmpipe import __version__
 from llmpipe.core.console import is_main_process
 from llmpipe.core.errors import EXIT_USER_ERROR, UserError, os_error_line
-from llmpipe.registry import RUN_ORDER, stage_for, stage_spec
+from llmpipe.registry import ALIGN_METHODS, RL_ALGORITHMS, RUN_ORDER, stage_for
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help=f"Train a language model from raw text to an aligned chat model: {' → '.join(RUN_ORDER)}. (llmpipe {__version__})",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Data tools.")
+app.add_typer(data_app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                   help="Print llmpipe's version and exit.")] = False) -> None:
+    # The app's own options; each command does the work.
+    pass
+
 
 RecipeArg = Annotated[
     list[str] | None,
@@ -65,43 +88,6 @@ def split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
     return None, args
 
 
-def load(args: list[str] | None, stage: str | None, device: str | None, training: bool = True) -> Any:
-    from llmpipe.config import STAGE_SECTIONS, load_recipe
-
-    recipe_path, overrides = split_args(args)
-    if device:
-        overrides.append(f"device={device}")
-    for extra in overrides:
-        if "=" not in extra:
-            raise UserError(f"'{extra}' is not key=value (only the first argument can be a recipe)",
-                            hint="write overrides like pretrain.max_steps=10")
-    recipe = load_recipe(recipe_path, overrides, stage=stage)
-    sections = [stage] if stage else list(STAGE_SECTIONS)
-    quantized = [s for s in sections if getattr(getattr(getattr(recipe, s, None), "lora", None), "quantize", "none") != "none"]
-    if recipe.device != "auto" or recipe.precision != "auto" or (quantized and training):
-        # Checked before any stage runs, so `run --device cuda` (or QLoRA) on a CPU box fails in a second.
-        from llmpipe.train.args import check_quantization, placement
-
-        placement(recipe)
-        for section in quantized if training else []:
-            check_quantization(recipe, section)
-    if training and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        # A DeepSpeed JSON that disagrees with the recipe fails here, not when a later stage builds its trainer.
-        from llmpipe.train.args import placement
-        from llmpipe.train.launch import check_deepspeed
-
-        check_deepspeed(recipe, trained_sections(recipe, stage), placement(recipe)["bf16"])
-    return recipe
-
-
-def trained_sections(recipe: Any, stage: str | None) -> list[str]:
-    """The recipe sections a command trains: its own (align: with what its method trains first), or `run`'s."""
-    sections = [stage] if stage else list(RUN_ORDER)
-    if "align" in sections:
-        sections += [stage_spec(first).section for first in stage_for("align", recipe.align.method).trains_first]
-    return sections
-
-
 def echo(text: str) -> None:
     # Under a distributed launch every process runs the command; one copy of the output is enough.
     if is_main_process():
@@ -112,3 +98,24 @@ def run_dir_for(recipe: Any, out: Path | None) -> Path:
     if out is not None and out.exists() and not out.is_dir():
         raise UserError("is a file; --out takes a run folder", file=str(out), field="--out", hint="give a folder (new or a run folder)")
     return out if out is not None else Path("runs") / recipe.name
+
+
+SourceOpt = Annotated[str | None, typer.Option("--from", help="The model: a Hugging Face folder, hf:ORG/NAME[@REVISION] "
+                                               "or a .gguf file (default: the recipe's base).")]
+MethodOpt = Annotated[str | None, typer.Option(help=f"Align method: {', '.join(ALIGN_METHODS)} (default: the recipe's).")]
+RLOpt = Annotated[str | None, typer.Option("--rl", help=f"RL algorithm of an RL method with a reward model: {' or '.join(RL_ALGORITHMS)} "
+                                           "(default: the recipe's).")]
+RewardModelOpt = Annotated[str | None, typer.Option("--reward-model", help="A finished reward stage folder (rlhf: not trained then).")]
+CheckpointArg = Annotated[Path, typer.Argument(help="A finished stage folder, e.g. runs/tiny/sft.", show_default=False)]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")]
+TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest set of tokens with this much probability.")]
+SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
+ChatDeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+PromptsOpt = Annotated[Path, typer.Option("--prompts", help="JSONL rows with 'prompt' or 'messages', or a .txt file, one per line.")]
+RepliesOpt = Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file to write (default: stdout).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Prompts per generate call.")]
+RawOpt = Annotated[bool, typer.Option("--raw", help="Continue plain text, without the chat template (pretrain checkpoints).")]
+
+# `data check`'s default: the section that reads chat rows (sft), the data users most often bring.
+CHAT_SECTION = next(section for section in RUN_ORDER if stage_for(section).data == "chat")

@@ -27,10 +27,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("llmpipe.train",)),
     ("stages", ("llmpipe.stages",)),
     ("pipeline", ("llmpipe.pipeline", "llmpipe.scale")),
-    ("faces", ("llmpipe.cli", "llmpipe.cli_common", "llmpipe.cli_tools", "llmpipe.report", "llmpipe.report_plots",
+    ("faces", ("llmpipe.cli", "llmpipe.cli_common", "llmpipe.report", "llmpipe.report_plots",
                "llmpipe.summary", "llmpipe.chat", "llmpipe.export", "llmpipe.export_gguf", "llmpipe.modelfile")),
 ]
-LAZY_ALLOWED = ("llmpipe.cli", "llmpipe.cli_common", "llmpipe.cli_tools")
+LAZY_ALLOWED = ("llmpipe.cli",)
 # Strings that equal a stage name but mean something else.
 NOT_STAGE_NAMES = {
     ("llmpipe.config.constants", "sft"): "TRL's DPO loss type 'sft'",
